@@ -1,0 +1,2 @@
+"""Placeholder until this command group is written."""
+commands: list = []

@@ -1,0 +1,3 @@
+from esr_local.cli import main
+
+main()

@@ -1,0 +1,396 @@
+"""Steered generation on a GGUF model, in process, through llama.cpp (llama-cpp-python's low-level API).
+
+One `SteeredModel` loads the weights once and owns one generation context. Changing the control vector
+never reloads the model; it replaces the context's vector (always the full buffer) and drops the KV cache,
+because cached positions computed under the old vector would otherwise be reused.
+
+The decode loop is our own rather than `Llama.generate` for three reasons: the paper's repetition penalty
+covers the whole context (llama-cpp-python's high-level sampler only looks at the last 64 tokens), the
+prefix cache must never survive a vector change, and trials that share a vector can decode as parallel
+sequences of one context.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+
+from .cvec import apply_to_context
+from .errors import BackendError, FormatError, MissingResourceError, UserInputError
+
+# ---------------------------------------------------------------------------------------------- sampling
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampling settings. Defaults are the paper's: T=0.6, 512 tokens, repetition penalty 1.1 over the
+    whole context (prompt included, as vLLM applies it), top-k / top-p / min-p off."""
+
+    temperature: float = 0.6
+    max_tokens: int = 512
+    repetition_penalty: float = 1.1
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+
+    def validate(self) -> SamplingParams:
+        """Raise UserInputError for values llama.cpp would misread."""
+        if not (self.temperature >= 0 and np.isfinite(self.temperature)):
+            raise UserInputError(f"temperature must be >= 0, got {self.temperature}")
+        if self.max_tokens < 1:
+            raise UserInputError(f"max tokens must be at least 1, got {self.max_tokens}")
+        if not (self.repetition_penalty > 0 and np.isfinite(self.repetition_penalty)):
+            raise UserInputError(f"repetition penalty must be > 0 (1.0 = off), got {self.repetition_penalty}")
+        if self.top_k < 0 or not (0 < self.top_p <= 1) or not (0 <= self.min_p < 1):
+            raise UserInputError("top-k must be >= 0 (0 = off), top-p in (0, 1] and min-p in [0, 1)")
+        return self
+
+
+def _make_sampler(params: SamplingParams, seed: int, n_ctx: int, n_vocab: int):
+    """A llama.cpp sampler chain: penalties -> [top-k] -> [top-p] -> [min-p] -> temperature -> draw."""
+    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+    add = llama_cpp.llama_sampler_chain_add
+    if params.repetition_penalty != 1.0:
+        # penalty_last_n = n_ctx: the whole context, prompt included (the prompt tokens are accepted into
+        # the sampler's history before decoding). 0 would switch the penalty off.
+        add(chain, llama_cpp.llama_sampler_init_penalties(n_vocab, n_ctx, params.repetition_penalty, 0.0, 0.0))
+    if params.temperature == 0:
+        add(chain, llama_cpp.llama_sampler_init_greedy())
+        return chain
+    if params.top_k > 0:
+        add(chain, llama_cpp.llama_sampler_init_top_k(params.top_k))
+    if params.top_p < 1.0:
+        add(chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+    if params.min_p > 0.0:
+        add(chain, llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
+    add(chain, llama_cpp.llama_sampler_init_temp(params.temperature))
+    add(chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+    return chain
+
+
+# ---------------------------------------------------------------------------------------------- results
+
+
+@dataclass
+class Generation:
+    """One generated completion and how it was made."""
+
+    text: str
+    prompt_text: str
+    prompt_tokens: int
+    completion_tokens: int
+    stop_reason: str  # "eos" | "length"
+    seed: int
+    prefill_ms: float
+    generation_ms: float
+    token_ids: list[int] = field(default_factory=list, repr=False)
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Decode speed (completion tokens over decode time)."""
+        return self.completion_tokens / (self.generation_ms / 1000) if self.generation_ms > 0 else 0.0
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+def default_threads() -> int:
+    """Threads for llama.cpp: ESR_LOCAL_THREADS, else all cores."""
+    env = os.environ.get("ESR_LOCAL_THREADS")
+    return int(env) if env else max(1, os.cpu_count() or 1)
+
+
+class SteeredModel:
+    """A GGUF model loaded once, with one generation context whose control vector can be swapped.
+
+    `n_seq` > 1 lets `generate_many` decode that many prompts as parallel sequences of one context
+    (they all share the context's control vector).
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        n_ctx: int = 2048,
+        n_seq: int = 1,
+        n_threads: int | None = None,
+        n_gpu_layers: int = 0,
+        chat_mode: str = "auto",
+        chat_template: str | None = None,
+        flash_attn: bool = True,
+    ) -> None:
+        path = Path(model_path)
+        if not path.is_file():
+            raise MissingResourceError(f"model file not found: {path}; pass --model with a GGUF path or a catalog name")
+        with open(path, "rb") as fh:
+            if fh.read(4) != b"GGUF":
+                raise FormatError(f"{path} is not a GGUF file (bad magic); pass a .gguf model file")
+        self.model_path = path
+        self.n_ctx = int(n_ctx)
+        self.n_seq = max(1, int(n_seq))
+        self.n_threads = n_threads or default_threads()
+        try:
+            # The high-level object only holds the weights, tokenizer and metadata; its own context is tiny.
+            self.llm = llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=64,
+                n_batch=64,
+                n_threads=self.n_threads,
+                n_gpu_layers=n_gpu_layers,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise FormatError(f"llama.cpp could not load {path}: {exc}; check that the file is a complete GGUF model") from None
+        self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        self.n_layer = int(llama_cpp.llama_model_n_layer(self.llm.model))
+        self.n_embd = int(self.llm.n_embd())
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
+        self.architecture = str(self.llm.metadata.get("general.architecture", "unknown"))
+        self.chat_template = chat_template or self.llm.metadata.get("tokenizer.chat_template")
+        self.chat_mode = self._resolve_chat_mode(chat_mode)
+        self._flash_attn = flash_attn
+        self._ctx = self._new_context()
+        self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, self.n_seq)
+        self.directions: dict[int, np.ndarray] = {}
+
+    # -- context ----------------------------------------------------------------------------------------
+
+    @property
+    def _n_batch(self) -> int:
+        return min(512, self.n_ctx * self.n_seq)
+
+    def _new_context(self):
+        p = llama_cpp.llama_context_default_params()
+        p.n_ctx = self.n_ctx * self.n_seq
+        p.n_batch = self._n_batch
+        p.n_ubatch = self._n_batch
+        p.n_seq_max = self.n_seq
+        p.n_threads = self.n_threads
+        p.n_threads_batch = self.n_threads
+        p.kv_unified = False
+        # Flash attention on: llama.cpp's CLI default on CPU, and what makes our output match
+        # `llama-completion --control-vector` token for token.
+        p.flash_attn_type = 1 if self._flash_attn else 0
+        ctx = llama_cpp.llama_init_from_model(self.llm.model, p)
+        if not ctx:
+            raise BackendError(
+                f"llama.cpp could not create a context of {self.n_ctx} tokens x {self.n_seq} sequences; lower --n-ctx"
+            )
+        return ctx
+
+    def close(self) -> None:
+        """Free the context and the model."""
+        if getattr(self, "_batch", None) is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            self._batch = None
+        if getattr(self, "_ctx", None):
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+        if getattr(self, "llm", None) is not None:
+            self.llm.close()
+
+    def __enter__(self) -> SteeredModel:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- steering ---------------------------------------------------------------------------------------
+
+    def set_directions(self, directions: Mapping[int, np.ndarray] | None) -> None:
+        """Steer with `{layer: vector}` (summed per layer), or clear with None / {}; drops the KV cache."""
+        apply_to_context(self._ctx, directions, self.n_layer, self.n_embd)
+        self.directions = {int(k): np.asarray(v, np.float32) for k, v in (directions or {}).items()}
+        self._clear_memory()
+
+    def clear(self) -> None:
+        """Remove the control vector."""
+        self.set_directions(None)
+
+    def _clear_memory(self) -> None:
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx), True)
+
+    # -- prompts ----------------------------------------------------------------------------------------
+
+    def _resolve_chat_mode(self, mode: str) -> str:
+        if mode not in ("auto", "chat", "raw"):
+            raise UserInputError(f"chat mode must be auto, chat or raw, got {mode!r}")
+        if mode == "auto":
+            return "chat" if self.chat_template else "raw"
+        if mode == "chat" and not self.chat_template:
+            raise UserInputError(
+                f"{self.model_path.name} has no chat template; use raw completion (--chat-mode raw) or give a template"
+            )
+        return mode
+
+    def format_prompt(self, user_text: str) -> str:
+        """The text the model sees for one user turn: the chat template with a generation prompt, or raw text."""
+        if self.chat_mode == "raw":
+            return user_text
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        eos = self._token_text(llama_cpp.llama_vocab_eos(self.vocab))
+        bos = self._token_text(llama_cpp.llama_vocab_bos(self.vocab))
+        formatter = Jinja2ChatFormatter(template=self.chat_template, eos_token=eos, bos_token=bos)
+        return formatter(messages=[{"role": "user", "content": user_text}]).prompt
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+
+    def tokenize(self, text: str) -> list[int]:
+        """Tokens of a formatted prompt: BOS once (if the model wants one), special tokens parsed."""
+        add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+        tokens = self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+        bos = llama_cpp.llama_vocab_bos(self.vocab)
+        if len(tokens) >= 2 and tokens[0] == bos and tokens[1] == bos:
+            tokens = tokens[1:]  # the template already wrote BOS
+        return tokens
+
+    # -- generation -------------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        user_text: str,
+        sampling: SamplingParams,
+        seed: int,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Generation:
+        """Generate one completion of `user_text` under the current control vector."""
+        return self.generate_many([user_text], sampling, [seed], on_text=on_text)[0]
+
+    def generate_many(
+        self,
+        user_texts: Sequence[str],
+        sampling: SamplingParams,
+        seeds: Sequence[int],
+        on_text: Callable[[str], None] | None = None,
+    ) -> list[Generation]:
+        """Generate completions for up to `n_seq` prompts at once, as parallel sequences of this context.
+
+        Each sequence has its own sampler (seed, penalty history). `on_text` streams sequence 0's text.
+        """
+        sampling.validate()
+        k = len(user_texts)
+        if k == 0:
+            return []
+        if k > self.n_seq or len(seeds) != k:
+            raise UserInputError(f"generate_many got {k} prompts and {len(seeds)} seeds for a context of {self.n_seq} sequences")
+        prompt_texts = [self.format_prompt(t) for t in user_texts]
+        prompts = [self.tokenize(t) for t in prompt_texts]
+        for toks in prompts:
+            if len(toks) + sampling.max_tokens > self.n_ctx:
+                raise UserInputError(
+                    f"the prompt ({len(toks)} tokens) plus max tokens ({sampling.max_tokens}) exceeds the context "
+                    f"of {self.n_ctx} tokens; raise --n-ctx or lower --max-tokens"
+                )
+        self._clear_memory()
+        samplers = [_make_sampler(sampling, int(s), self.n_ctx, self.n_vocab) for s in seeds]
+        try:
+            return self._decode_loop(prompt_texts, prompts, samplers, sampling, seeds, on_text)
+        finally:
+            for smpl in samplers:
+                llama_cpp.llama_sampler_free(smpl)
+
+    def _fill(self, entries: list[tuple[int, int, int, bool]]) -> None:
+        """Load (token, pos, seq, want_logits) rows into the batch and decode it."""
+        b = self._batch
+        for i, (tok, pos, seq, logits) in enumerate(entries):
+            b.token[i] = tok
+            b.pos[i] = pos
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = seq
+            b.logits[i] = logits
+        b.n_tokens = len(entries)
+        rc = llama_cpp.llama_decode(self._ctx, b)
+        if rc != 0:
+            raise BackendError(f"llama_decode failed (rc={rc}); the context may be full, raise --n-ctx")
+
+    def _decode_loop(self, prompt_texts, prompts, samplers, sampling, seeds, on_text) -> list[Generation]:
+        k = len(prompts)
+        n_batch = self._n_batch
+        # Prefill: each sequence's prompt in chunks; remember the batch row of its last token.
+        t0 = time.perf_counter()
+        logit_row: list[int] = [0] * k
+        for seq, toks in enumerate(prompts):
+            for smpl_tok in toks:  # the penalty covers the prompt too
+                llama_cpp.llama_sampler_accept(samplers[seq], smpl_tok)
+            for start in range(0, len(toks), n_batch):
+                chunk = toks[start : start + n_batch]
+                last = start + len(chunk) == len(toks)
+                self._fill([(t, start + j, seq, last and j == len(chunk) - 1) for j, t in enumerate(chunk)])
+                if last:
+                    # Sample now, before the next sequence's decode overwrites the logits.
+                    logit_row[seq] = len(chunk) - 1
+                    first = llama_cpp.llama_sampler_sample(samplers[seq], self._ctx, logit_row[seq])
+                    prompts[seq] = (toks, first)
+        t1 = time.perf_counter()
+        out: list[list[int]] = [[] for _ in range(k)]
+        done = [False] * k
+        stop = ["length"] * k
+        pos = [len(p[0]) for p in prompts]
+        decoders = [codecs.getincrementaldecoder("utf-8")(errors="replace") for _ in range(k)]
+        pending = [p[1] for p in prompts]
+        while True:
+            rows = []
+            for seq in range(k):
+                if done[seq]:
+                    continue
+                tok = pending[seq]
+                if llama_cpp.llama_vocab_is_eog(self.vocab, tok):
+                    done[seq], stop[seq] = True, "eos"
+                    continue
+                out[seq].append(tok)
+                if seq == 0 and on_text is not None:
+                    piece = self.llm.detokenize([tok], prev_tokens=out[0][:-1])
+                    on_text(decoders[0].decode(piece))
+                if len(out[seq]) >= sampling.max_tokens:
+                    done[seq] = True
+                    continue
+                rows.append((tok, pos[seq], seq, True))
+                pos[seq] += 1
+            if not rows:
+                break
+            self._fill(rows)
+            for i, (_, _, seq, _) in enumerate(rows):
+                pending[seq] = llama_cpp.llama_sampler_sample(samplers[seq], self._ctx, i)
+        t2 = time.perf_counter()
+        if on_text is not None:
+            on_text(decoders[0].decode(b"", final=True))
+        gens = []
+        for seq in range(k):
+            text = self.llm.detokenize(out[seq]).decode("utf-8", errors="replace")
+            gens.append(
+                Generation(
+                    text=text,
+                    prompt_text=prompt_texts[seq],
+                    prompt_tokens=len(prompts[seq][0]),
+                    completion_tokens=len(out[seq]),
+                    stop_reason=stop[seq],
+                    seed=int(seeds[seq]),
+                    prefill_ms=(t1 - t0) * 1000,
+                    generation_ms=(t2 - t1) * 1000,
+                    token_ids=out[seq],
+                )
+            )
+        return gens
+
+
+def system_info() -> str:
+    """llama.cpp's build/system line (SIMD flags, backends), recorded with every run."""
+    return llama_cpp.llama_print_system_info().decode("utf-8", errors="replace").strip()

@@ -1,0 +1,157 @@
+"""Restart gating: keep an attempt boundary only where the response really restarts.
+
+Small local judges tend to invent attempts (they split a list of steps, or a topic drift, into
+several "attempts"). With gating on, the judge's segmentation is checked against the response:
+
+- The first attempt is always kept.
+- For every later attempt, its start is located in the response: both texts are normalised
+  (lower case, curly quotes and dashes made plain, whitespace collapsed) and the first 60, then
+  30, then 15 characters of the attempt are searched for, first after the previous boundary and
+  then anywhere after the previous attempt's start.
+- The boundary is ACCEPTED if a restart phrase (`RESTART_PATTERNS`) occurs in the window from
+  `WINDOW_BEFORE` (150) characters before that start to `WINDOW_AFTER` (200) characters after it,
+  never reaching back before the previous accepted boundary. Each occurrence of a restart phrase
+  can justify only one boundary.
+- If the attempt cannot be located (the judge paraphrased it), it is accepted only when its own
+  first 200 characters contain a restart phrase and that same phrase also occurs in the response
+  after the previous boundary.
+- A rejected attempt is MERGED into the previous one: texts are joined with a space and the merged
+  attempt keeps the EARLIER attempt's score (the conservative choice: an invented boundary must not
+  create an "improvement"); only if the earlier score is None does it take the later one.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .records import Attempt
+
+WINDOW_BEFORE = 150
+WINDOW_AFTER = 200
+_PROBE_LENGTHS = (60, 30, 15)
+
+# Our own selection of explicit restart language, matched on normalised (lower-case) text.
+RESTART_PATTERNS: tuple[str, ...] = (
+    # "Wait," / "Wait!" / "Hmm, wait." used as an interjection at the start of a sentence.
+    r"(?:^|[.!?:;\n)\]]\s*|\bno,?\s+)(?:hmm+,?\s*|oh,?\s*)?wait\b\s*[,.!\u2026-]",
+    r"\bhold on\b",
+    r"\b(?:that|this|it)(?:'s| is| was)\s+(?:not\s+(?:right|correct|quite right|relevant|what)|wrong|incorrect|off[- ]topic)\b",
+    r"\b(?:that|this|it)\s+(?:isn't|wasn't)\s+(?:right|correct|relevant|what)\b",
+    r"\blet\s+me\s+(?:try|start|begin|do\s+(?:that|this))\s+(?:again|over|afresh|anew)\b",
+    r"\blet(?:'s|\s+us)\s+(?:try|start|begin|do\s+(?:that|this))\s+(?:again|over|afresh|anew)\b",
+    r"\b(?:start|starting|begin|beginning)\s+(?:over|again|afresh)\b",
+    r"\btry(?:ing)?\s+(?:that\s+|this\s+)?again\b",
+    r"\blet\s+me\s+(?:revise|rephrase|reconsider|correct|refocus|redo|restart|re-?answer|fix)\b",
+    r"\bi(?:'ve| have)?\s+made\s+(?:a|an)\s+(?:mistake|error)\b",
+    r"\bmy\s+(?:mistake|apologies|bad)\b",
+    r"\bi\s+(?:apologi[sz]e|am sorry|'m sorry)\b",
+    r"(?:^|[.!?\n]\s*)(?:sorry|oops)\b",
+    r"\bscratch\s+that\b",
+    r"\bi\s+misspoke\b",
+    r"\bon\s+second\s+thought\b",
+    r"\bactually,?\s+(?:no\b|i\s+(?:was|made|got|think\s+i)|let\s+me|that(?:'s| is)\s+not)",
+    r"\bi(?:'m| am| was| got|'ve been)\s+(?:getting\s+|going\s+|being\s+)?(?:off[- ](?:track|topic)|distracted|sidetracked|side-tracked)\b",
+    r"\b(?:get|getting|got|come|coming)\s+back\s+(?:on\s+track|to\s+(?:the|your)\s+(?:original\s+|actual\s+)?(?:question|topic|task|prompt|point))\b",
+    r"\b(?:back|return(?:ing)?)\s+to\s+(?:the|your)\s+(?:original\s+|actual\s+)?(?:question|topic|task|prompt)\b",
+    r"\bto\s+(?:actually\s+)?answer\s+(?:the|your)\s+(?:original\s+|actual\s+)?question\b",
+    r"(?:^|[.!?\n]\s*)correction\s*:",
+)
+
+_RESTART = re.compile("|".join(f"(?:{p})" for p in RESTART_PATTERNS))
+
+_TRANSLATE = str.maketrans(
+    {
+        "\u2018": "'",
+        "\u2019": "'",
+        "\u201c": '"',
+        "\u201d": '"',
+        "\u2013": "-",
+        "\u2014": "-",
+    }
+)
+
+
+def normalise(text: str) -> str:
+    """Lower-case, plain quotes and dashes, single spaces (newlines kept as sentence breaks)."""
+    text = text.translate(_TRANSLATE).lower()
+    text = re.sub(r"[ \t\r\f\v]+", " ", text)
+    return re.sub(r"\s*\n\s*", "\n", text).strip()
+
+
+def has_restart_language(text: str) -> bool:
+    """True when `text` contains any restart phrase."""
+    return _RESTART.search(normalise(text)) is not None
+
+
+def gate_attempts(response: str, attempts: list[Attempt]) -> list[Attempt]:
+    """Merge attempts whose boundary is not backed by restart language in `response`.
+
+    See the module docstring for the exact rule. Returns new Attempt objects; the input is untouched.
+    """
+    if len(attempts) <= 1:
+        return [Attempt(a.text, a.score) for a in attempts]
+    resp = normalise(response)
+    kept = [Attempt(attempts[0].text, attempts[0].score)]
+    first = _locate(resp, attempts[0].text, 0)
+    kept_start = 0 if first is None else first  # where the last kept attempt starts
+    boundary = 0  # restart phrases ending before this point are used up
+    for attempt in attempts[1:]:
+        # A phrase must start after the last kept attempt's start: an opening "let me try again"
+        # belongs to the first attempt and never justifies a second one.
+        floor = max(boundary, kept_start + 1)
+        start = _locate(resp, attempt.text, floor, kept_start)
+        if start is not None:
+            match = _restart_near(resp, start, floor)
+        else:
+            match = _restart_from_attempt_text(resp, attempt.text, floor)
+        if match is not None:
+            kept.append(Attempt(attempt.text, attempt.score))
+            boundary = match.end()
+            kept_start = start if start is not None else match.start()
+            continue
+        last = kept[-1]
+        kept[-1] = Attempt(
+            f"{last.text} {attempt.text}",
+            last.score if last.score is not None else attempt.score,
+        )
+    return kept
+
+
+def _locate(resp: str, text: str, after: int, fallback_after: int | None = None) -> int | None:
+    """Position in `resp` where `text` starts, searched after `after` (then `fallback_after`)."""
+    probe_text = normalise(text)
+    if not probe_text:
+        return None
+    for length in _PROBE_LENGTHS:
+        probe = probe_text[:length]
+        for origin in (after, fallback_after):
+            if origin is None:
+                continue
+            pos = resp.find(probe, origin)
+            if pos >= 0:
+                return pos
+        if len(probe_text) <= length:
+            break
+    return None
+
+
+def _restart_near(resp: str, start: int, floor: int) -> re.Match[str] | None:
+    """The first restart phrase starting in the window around `start`, at or after `floor`."""
+    lo = max(floor, start - WINDOW_BEFORE)
+    hi = min(len(resp), start + WINDOW_AFTER)
+    # Start two characters early so a sentence break just before `lo` still counts.
+    for match in _RESTART.finditer(resp, max(0, lo - 2)):
+        return match if match.start() < hi else None
+    return None
+
+
+def _restart_from_attempt_text(resp: str, text: str, floor: int) -> re.Match[str] | None:
+    """For an attempt not found in the response: a restart phrase in its head, also in `resp`."""
+    found = _RESTART.search(normalise(text)[:WINDOW_AFTER])
+    if found is None:
+        return None
+    core = found.group(0).strip(" \n.,!?;:)]")
+    for match in _RESTART.finditer(resp, floor):
+        if core and core in match.group(0):
+            return match
+    return None

@@ -1,0 +1,82 @@
+"""A minimal JSON-over-HTTP POST for the remote judge backends (stdlib only)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+from typing import Any
+
+from ..errors import BackendError
+from .base import RetryableError
+
+# 408 timeout, 409 conflict, 425 too early, 429 rate limit, 5xx server trouble, 529 Anthropic overload.
+_RETRY_STATUS = {408, 409, 425, 429}
+
+
+def post_json(
+    url: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    *,
+    timeout: float,
+    secrets: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """POST `body` as JSON and return the decoded JSON reply.
+
+    Raises RetryableError for timeouts, connection failures, 408/409/425/429 and 5xx, and
+    BackendError for other HTTP errors or a non-JSON reply. Messages never contain request
+    headers, and any string in `secrets` is masked should a server echo it back.
+    """
+    data = json.dumps(body).encode("utf-8")
+    request = urllib.request.Request(
+        url, data=data, method="POST", headers={"Content-Type": "application/json", **headers}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as reply:
+            payload = reply.read()
+    except urllib.error.HTTPError as exc:
+        detail = _scrub(_error_detail(exc), secrets)
+        message = f"HTTP {exc.code} from {_origin(url)}: {detail}"
+        if exc.code in _RETRY_STATUS or exc.code >= 500:
+            raise RetryableError(message) from None
+        raise BackendError(message) from None
+    except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise RetryableError(f"cannot reach {_origin(url)}: {_scrub(str(reason), secrets)}") from None
+    try:
+        decoded = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        snippet = _scrub(payload[:200].decode("utf-8", "replace"), secrets)
+        raise RetryableError(f"non-JSON reply from {_origin(url)}: {snippet!r}") from None
+    if not isinstance(decoded, dict):
+        raise RetryableError(f"unexpected JSON reply from {_origin(url)} (not an object)")
+    return decoded
+
+
+def _error_detail(exc: urllib.error.HTTPError) -> str:
+    try:
+        raw = exc.read()[:500].decode("utf-8", "replace")
+    except OSError:
+        return exc.reason or ""
+    try:
+        err = json.loads(raw).get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])[:300]
+    except (json.JSONDecodeError, AttributeError):
+        pass
+    return raw.strip()[:300] or str(exc.reason)
+
+
+def _origin(url: str) -> str:
+    from .base import redact_url
+
+    return redact_url(url) or url
+
+
+def _scrub(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text

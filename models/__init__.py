@@ -1,0 +1,1 @@
+"""Model catalog files (TOML), installed as package data."""

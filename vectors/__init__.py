@@ -1,0 +1,1 @@
+"""Shipped dictionaries; exported control vectors go to ./vectors by default."""
