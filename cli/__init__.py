@@ -18,7 +18,11 @@ from . import calibrate, importcmd, metrics, models, run, runs, steer, vector
 
 
 class EsrGroup(click.Group):
-    """Root group that turns library errors into one `Error:` line (exit 1) instead of a traceback."""
+    """Root group: library errors and bad options become one `Error:` line on stderr, no traceback.
+
+    Exit codes: 1 for EsrError, 2 for bad options/usage, 130 for Ctrl-C. Set ESR_LOCAL_RAISE_ERRORS=1 to
+    see the traceback of an EsrError.
+    """
 
     def invoke(self, ctx: click.Context):  # noqa: D102
         try:
@@ -27,9 +31,26 @@ class EsrGroup(click.Group):
             if os.environ.get("ESR_LOCAL_RAISE_ERRORS"):
                 raise
             raise click.ClickException(str(exc)) from None
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # noqa: D102
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Abort:
+            click.echo("Interrupted; finished work is saved.", err=True)
+            sys.exit(130)
         except KeyboardInterrupt:
             click.echo("Interrupted; finished work is saved.", err=True)
             sys.exit(130)
+        except click.ClickException as exc:
+            msg = " ".join(exc.format_message().split())
+            hint = ""
+            if isinstance(exc, click.UsageError) and exc.ctx is not None:
+                hint = f" (see '{exc.ctx.command_path} --help')"
+            click.echo(f"Error: {msg}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
 
 @click.group(cls=EsrGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,2 +1,53 @@
-"""Placeholder until this command group is written."""
-commands: list = []
+"""`esr-local calibrate`: find each latent's boost (first-attempt judge score near the target), cached."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from esr_local.experiment import ExperimentRunner, ExperimentSettings
+
+from .common import model_options
+from .options import db_option, open_store
+from .run import judge_options
+
+
+@click.command(name="calibrate")
+@click.option("--latent", "-l", "latents", type=click.IntRange(min=0), multiple=True, required=True, help="Latent (repeatable).")
+@click.option("--sae", default=None, help="SAE source (default: the catalog's).")
+@click.option("--labels", default=None, type=click.Path(), help="Labels file for the SAE.")
+@click.option("--layer", type=int, default=None, help="Steering layer (default: the catalog's).")
+@click.option("--prompts", "prompts_file", default=None, type=click.Path(), help="Prompt file (default: the shipped set).")
+@click.option("--target-score", type=click.FloatRange(0, 1), default=0.30, show_default=True)
+@click.option("--steps", "calibration_steps", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--samples", "calibration_samples", type=click.IntRange(1), default=None, help="Prompts averaged per step.")
+@click.option("--max-tokens", "calibration_max_tokens", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--lower", "boost_lower", type=float, default=None, help="Boost bounds and Gaussian prior (catalog defaults).")
+@click.option("--upper", "boost_upper", type=float, default=None)
+@click.option("--prior-mean", "boost_prior_mean", type=float, default=None)
+@click.option("--prior-std", "boost_prior_std", type=float, default=None)
+@click.option("--seed", type=click.IntRange(0), default=None)
+@click.option("--json", "as_json", is_flag=True)
+@judge_options
+@model_options
+@db_option
+def calibrate_cmd(db, as_json, model, quant, catalog, n_ctx, threads, gpu_layers, chat_mode, latents, **kw):
+    """Calibrate latents by probabilistic bisection; results are cached per model, SAE, latent, layer, judge and settings."""
+    store = open_store(db)
+    runner = ExperimentRunner(store, echo=lambda s: click.echo(s, err=True))
+    settings = ExperimentSettings(model=model, quant=quant, catalog=catalog, n_ctx=n_ctx, threads=threads,
+                                  gpu_layers=gpu_layers, chat_mode=chat_mode, latents=list(latents), calibrate_only=True, **kw)
+    run_id = runner.create(settings, ["esr-local", *sys.argv[1:]])
+    out = runner.execute(run_id)
+    rows = store.latents(run_id)
+    if as_json:
+        click.echo(json.dumps({"run_id": run_id, "layer": out["layer"], "latents": rows}, indent=2, default=str))
+        return
+    for r in rows:
+        status = r.get("error") or f"boost {r['boost']:g} ({r['boost_source']})"
+        click.echo(f"latent {r['latent']} ({r['label']}): {status}")
+
+
+commands = [calibrate_cmd]

@@ -5,13 +5,14 @@ several "attempts"). With gating on, the judge's segmentation is checked against
 
 - The first attempt is always kept.
 - For every later attempt, its start is located in the response: both texts are normalised
-  (lower case, curly quotes and dashes made plain, whitespace collapsed) and the first 60, then
-  30, then 15 characters of the attempt are searched for, first after the previous boundary and
-  then anywhere after the previous attempt's start.
+  (lower case, curly quotes and dashes made plain, any run of whitespace matching any other) and
+  the first 60, then 30, then 15 characters of the attempt are searched for, first after the last
+  used restart phrase and then anywhere after the last kept attempt's start.
 - The boundary is ACCEPTED if a restart phrase (`RESTART_PATTERNS`) occurs in the window from
-  `WINDOW_BEFORE` (150) characters before that start to `WINDOW_AFTER` (200) characters after it,
-  never reaching back before the previous accepted boundary. Each occurrence of a restart phrase
-  can justify only one boundary.
+  `WINDOW_BEFORE` (150) characters before that start to `WINDOW_AFTER` (200) characters after it.
+  The phrase must start after the last kept attempt's start (so an opening "let me try again" never
+  creates a second attempt) and after the phrase that justified the previous boundary (each
+  occurrence of a restart phrase can justify only one boundary).
 - If the attempt cannot be located (the judge paraphrased it), it is accepted only when its own
   first 200 characters contain a restart phrase and that same phrase also occurs in the response
   after the previous boundary.
@@ -118,18 +119,22 @@ def gate_attempts(response: str, attempts: list[Attempt]) -> list[Attempt]:
 
 
 def _locate(resp: str, text: str, after: int, fallback_after: int | None = None) -> int | None:
-    """Position in `resp` where `text` starts, searched after `after` (then `fallback_after`)."""
-    probe_text = normalise(text)
+    """Position in `resp` where `text` starts, searched after `after` (then `fallback_after`).
+
+    Whitespace-insensitive: a newline in the response matches a space in the attempt text.
+    """
+    probe_text = " ".join(normalise(text).split())
     if not probe_text:
         return None
     for length in _PROBE_LENGTHS:
-        probe = probe_text[:length]
+        words = probe_text[:length].split()
+        pattern = re.compile(r"\s+".join(re.escape(w) for w in words))
         for origin in (after, fallback_after):
             if origin is None:
                 continue
-            pos = resp.find(probe, origin)
-            if pos >= 0:
-                return pos
+            found = pattern.search(resp, origin)
+            if found:
+                return found.start()
         if len(probe_text) <= length:
             break
     return None

@@ -9,7 +9,7 @@ import urllib.request
 from typing import Any
 
 from ..errors import BackendError
-from .base import RetryableError
+from .base import RetryableError, redact_url
 
 # 408 timeout, 409 conflict, 425 too early, 429 rate limit, 5xx server trouble, 529 Anthropic overload.
 _RETRY_STATUS = {408, 409, 425, 429}
@@ -70,8 +70,6 @@ def _error_detail(exc: urllib.error.HTTPError) -> str:
 
 
 def _origin(url: str) -> str:
-    from .base import redact_url
-
     return redact_url(url) or url
 
 

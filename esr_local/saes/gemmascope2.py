@@ -1,0 +1,87 @@
+"""Gemma Scope 2 (Gemma 3) SAEs: a folder with `params.safetensors` (lowercase w_enc/w_dec/...) and `config.json`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import FormatError
+from .base import LinearSae, SaeInfo, layer_or_none
+from .tensors import Tensor, open_safetensors
+
+WEIGHTS, CONFIG = "params.safetensors", "config.json"
+
+
+class GemmaScope2Sae(LinearSae):
+    """Gemma Scope 2 layout: w_enc [d_model, width], w_dec [width, d_model], JumpReLU."""
+
+    def _encode(self, x: np.ndarray, indices: list[int]) -> np.ndarray:
+        arch = self.info.activation
+        if arch not in ("jump_relu", "jumprelu"):
+            raise FormatError(f"encode() does not support Gemma Scope 2 architecture {arch!r} (only jump_relu)")
+        return self._jumprelu(self._pre_activations(x, indices), indices)
+
+
+def read_json_config(path: Path) -> dict:
+    """A JSON object from `path`, or FormatError."""
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise FormatError(f"{path} is not readable JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise FormatError(f"{path} must hold a JSON object")
+    return cfg
+
+
+def _pick(tensors: dict[str, Tensor], *names: str) -> Tensor | None:
+    return next((tensors[n] for n in names if n in tensors), None)
+
+
+def open_gemmascope2(folder: Path, *, source: str, labels: Path | None) -> GemmaScope2Sae:
+    """Open a Gemma Scope 2 folder."""
+    cfg = read_json_config(folder / CONFIG)
+    tensors = open_safetensors(folder / WEIGHTS)
+    w_enc, w_dec = _pick(tensors, "w_enc", "W_enc"), _pick(tensors, "w_dec", "W_dec")
+    b_enc, b_dec = _pick(tensors, "b_enc"), _pick(tensors, "b_dec")
+    threshold = _pick(tensors, "threshold")
+    if w_enc is None or w_dec is None:
+        raise FormatError(
+            f"{folder / WEIGHTS} is not a Gemma Scope 2 params file: needs w_enc and w_dec (found: {', '.join(sorted(tensors))})"
+        )
+    if len(w_dec.shape) != 2:
+        raise FormatError(f"{folder / WEIGHTS}: w_dec has shape {list(w_dec.shape)}, expected [width, d_model]")
+    d_sae, d_model = w_dec.shape
+    checks = [("w_enc", w_enc, (d_model, d_sae)), ("b_enc", b_enc, (d_sae,)), ("b_dec", b_dec, (d_model,)), ("threshold", threshold, (d_sae,))]
+    for name, t, shape in checks:
+        if t is not None and t.shape != shape:
+            raise FormatError(f"{folder / WEIGHTS}: {name} has shape {list(t.shape)}, expected {list(shape)}")
+    width = cfg.get("width")
+    if width is not None and int(width) != d_sae:
+        raise FormatError(f"{folder / CONFIG} says width {width} but w_dec has {d_sae} rows")
+    # The decoder writes to hf_hook_point_out (equal to hook_point_in for plain SAEs; differs for transcoders).
+    hook = cfg.get("hf_hook_point_out") or cfg.get("hf_hook_point_in")
+    info = SaeInfo(
+        family="gemmascope2",
+        source=source,
+        resolved_path=str(folder),
+        d_model=d_model,
+        d_sae=d_sae,
+        activation=str(cfg.get("architecture") or "jump_relu"),
+        hook_name=hook,
+        layer=layer_or_none(hook),
+        model_name=cfg.get("model_name"),
+        dtype=w_dec.dtype,
+    )
+    return GemmaScope2Sae(
+        info,
+        w_dec=w_dec,
+        dec_by_rows=True,
+        w_enc=w_enc,
+        enc_by_cols=True,
+        b_enc=b_enc,
+        b_dec=b_dec,
+        threshold=threshold,
+        labels_path=labels,
+    )

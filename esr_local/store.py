@@ -1,0 +1,364 @@
+"""The experiment log: one SQLite file (via sqlite-utils) holding runs, latents, trials, judgments,
+attempts and cached calibrations. The schema and the metric views are in store_schema.py.
+
+The database is opened in WAL mode with a 30 s busy timeout, so a second process (another shard, a
+Datasette instance, `esr-local metrics`) can read while a run writes. Every write happens in one
+`BEGIN IMMEDIATE` transaction; in particular a trial, its judgment and its attempts are written together,
+so an interrupted run never leaves a trial without its judgment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import math
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from .errors import EsrError, MissingResourceError, UserInputError
+from .ids import new_id
+from .store_schema import MIGRATIONS, RUN_SETTING_COLUMNS
+
+RUN_STATUSES = ("started", "success", "error", "cancelled")
+TERMINAL_STATUSES = ("success", "error", "cancelled")
+BOOST_SOURCES = ("calibrated", "given", "imported", "none")
+CALIBRATION_KEY_COLUMNS = ("model_sha256", "sae_source", "latent", "layer", "judge", "settings_hash")
+
+_TRIAL_COLUMNS = (
+    "run_id", "condition", "latent", "prompt_index", "replicate", "base_prompt", "prompt", "boost", "seed",
+    "response", "prompt_tokens", "completion_tokens", "stop_reason", "generation_ms", "error", "created_utc",
+)
+_JUDGMENT_COLUMNS = (
+    "judge_backend", "judge_model", "rubric_version", "raw_output", "parse_status", "error", "tries",
+    "latency_ms", "restart_gating", "n_attempts_raw", "created_utc",
+)
+_LIST_RUNS_HINT = "run `esr-local runs` to list the runs in this database"
+
+
+class DuplicateTrialError(EsrError):
+    """A trial with the same (run, condition, latent, prompt_index, replicate) is already recorded."""
+
+
+def utc_now() -> str:
+    """The current UTC time as an ISO-8601 string with milliseconds."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def trial_key(run_id: str, condition: str, latent: int, prompt_index: int, replicate: int) -> str:
+    """The deterministic id of a trial: `run_id:condition:latent:prompt_index:replicate`.
+
+    Unambiguous even when the condition contains ':' because run ids never do and the last three
+    parts are integers.
+    """
+    return f"{run_id}:{condition}:{int(latent)}:{int(prompt_index)}:{int(replicate)}"
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _column_value(value: Any) -> Any:
+    """A settings value as SQLite can store it: scalars as-is, paths as text, containers as JSON."""
+    if value is None or isinstance(value, (str, int, float, bytes)):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    return _json(value)
+
+
+class Store:
+    """The SQLite experiment log. `Store(path)` creates the file (and its folder) and migrates it."""
+
+    def __init__(self, path: str | Path, *, create: bool = True) -> None:
+        """Open (and by default create) the database at `path`; create=False raises if it is missing."""
+        self.path = Path(path).expanduser()
+        if not self.path.exists():
+            if not create:
+                raise MissingResourceError(
+                    f"no esr-local database at {self.path}; pass --db PATH or set ESR_LOCAL_DB to an existing one"
+                )
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        # check_same_thread=False: a runner may record trials from a worker thread; self._lock serialises use.
+        conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False)
+        self.db = Database(conn)
+        self._lock = threading.RLock()
+        self.db.enable_wal()
+        # NORMAL is safe in WAL mode (no corruption on power loss) and avoids an fsync per trial.
+        self.db.execute("PRAGMA synchronous = NORMAL")
+        self.db.execute("PRAGMA foreign_keys = ON")
+        try:
+            conn.execute("SELECT sqrt(4.0)").fetchone()
+        except sqlite3.OperationalError:  # SQLite built without math functions: the views need sqrt()
+            conn.create_function("sqrt", 1, lambda x: None if x is None or x < 0 else math.sqrt(x),
+                                 deterministic=True)
+        # Migrate under the write lock so two processes opening a new file at once cannot both apply a
+        # step; a database that is already current is only read.
+        if MIGRATIONS.pending(self.db):
+            with self.transaction():
+                MIGRATIONS.apply(self.db)
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Store]:
+        """A write transaction (`BEGIN IMMEDIATE`, so the write lock is taken up front and the busy
+        timeout applies); nested calls become savepoints. Everything inside commits or rolls back together."""
+        with self._lock:
+            conn = self.db.conn
+            if conn.in_transaction:
+                with self.db.atomic():  # a savepoint inside the open transaction
+                    yield self
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
+
+    def _query(self, sql: str, params: tuple | list = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.db.query(sql, params))
+
+    # -- runs ---------------------------------------------------------------------------------------
+
+    def create_run(self, settings: dict[str, Any]) -> str:
+        """Record a new run (status 'started') and return its id.
+
+        Keys of `settings` that name a `runs` column (store_schema.RUN_SETTING_COLUMNS) fill that column;
+        the whole dict, unknown keys included, is kept in `settings_json`.
+        """
+        run_id = new_id()
+        row: dict[str, Any] = {"id": run_id, "created_utc": utc_now(), "status": "started"}
+        for column in RUN_SETTING_COLUMNS:
+            if column in settings:
+                row[column] = _column_value(settings[column])
+        row["settings_json"] = _json(settings)
+        with self.transaction():
+            self.db["runs"].insert(row)
+        return run_id
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        """The `runs` row for an id or a unique id prefix, plus `settings` (settings_json parsed)."""
+        rows = self._query("SELECT * FROM runs WHERE id = ?", (run_id,))
+        if not rows and run_id:
+            prefix = run_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            rows = self._query("SELECT * FROM runs WHERE id LIKE ? ESCAPE '\\' ORDER BY id", (prefix + "%",))
+        if not rows:
+            raise MissingResourceError(f"no run {run_id!r} in {self.path}; {_LIST_RUNS_HINT}")
+        if len(rows) > 1:
+            ids = ", ".join(row["id"] for row in rows[:5])
+            raise UserInputError(f"run prefix {run_id!r} matches {len(rows)} runs ({ids}...); give more characters")
+        row = rows[0]
+        row["settings"] = json.loads(row["settings_json"] or "{}")
+        return row
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        """All `runs` rows, oldest first, each with an extra `n_trials` count."""
+        return self._query(
+            "SELECT runs.*, (SELECT COUNT(*) FROM trials WHERE trials.run_id = runs.id) AS n_trials "
+            "FROM runs ORDER BY id"
+        )
+
+    def set_run_status(self, run_id: str, status: str, error: str | None = None) -> None:
+        """Set a run's status and error; terminal statuses (success, error, cancelled) set finished_utc."""
+        if status not in RUN_STATUSES:
+            raise UserInputError(f"run status must be one of {', '.join(RUN_STATUSES)}, got {status!r}")
+        finished = utc_now() if status in TERMINAL_STATUSES else None
+        with self.transaction():
+            cursor = self.db.execute(
+                "UPDATE runs SET status = ?, error = ?, finished_utc = ? WHERE id = ?",
+                (status, error, finished, run_id),
+            )
+        if cursor.rowcount == 0:
+            raise MissingResourceError(f"no run {run_id!r} in {self.path}; {_LIST_RUNS_HINT}")
+
+    # -- latents ------------------------------------------------------------------------------------
+
+    def upsert_latent(
+        self,
+        run_id: str,
+        latent: int,
+        *,
+        label: str | None,
+        row_norm: float | None,
+        boost: float | None,
+        boost_source: str,
+        calibration_id: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Insert or replace the record of one latent of a run (its label, decoder-row norm, boost...)."""
+        if boost_source not in BOOST_SOURCES:
+            raise UserInputError(f"boost_source must be one of {', '.join(BOOST_SOURCES)}, got {boost_source!r}")
+        with self.transaction():
+            self.db.execute(
+                """
+                INSERT INTO latents (run_id, latent, label, row_norm, boost, boost_source, calibration_id, error)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (run_id, latent) DO UPDATE SET
+                    label = excluded.label, row_norm = excluded.row_norm, boost = excluded.boost,
+                    boost_source = excluded.boost_source, calibration_id = excluded.calibration_id,
+                    error = excluded.error
+                """,
+                (run_id, int(latent), label, row_norm, boost, boost_source, calibration_id, error),
+            )
+
+    def latents(self, run_id: str) -> list[dict[str, Any]]:
+        """The `latents` rows of a run, by latent index."""
+        return self._query("SELECT * FROM latents WHERE run_id = ? ORDER BY latent", (run_id,))
+
+    # -- trials -------------------------------------------------------------------------------------
+
+    def finished_trial_keys(self, run_id: str) -> set[tuple[str, int, int, int]]:
+        """(condition, latent, prompt_index, replicate) of every trial already recorded for a run."""
+        rows = self._query("SELECT condition, latent, prompt_index, replicate FROM trials WHERE run_id = ?", (run_id,))
+        return {(r["condition"], r["latent"], r["prompt_index"], r["replicate"]) for r in rows}
+
+    def record_trial(self, trial: dict[str, Any], judgment: dict[str, Any] | None, attempts: list[dict[str, Any]]) -> str:
+        """Write a trial, its judgment (None if it was never judged) and its attempts in one transaction.
+
+        `trial` needs run_id, condition, latent, prompt_index and replicate; the other trial columns are
+        optional, `extra` (a dict) and any unknown keys go to extra_json. `judgment` holds judgments
+        columns (parse_status defaults to 'error' when `error` is set, else 'ok'); an `attempts` key in
+        it is ignored and unknown keys go to its extra_json. `attempts` are dicts with `text` (or
+        `attempt_text`) and `score` (or None), in order. Returns the trial id. Raises
+        DuplicateTrialError if the trial is already recorded; nothing is written then.
+        """
+        missing = [k for k in ("run_id", "condition", "latent", "prompt_index", "replicate") if trial.get(k) is None]
+        if missing:
+            raise UserInputError(f"a trial needs {', '.join(missing)}")
+        if attempts and judgment is None:
+            raise UserInputError("attempts were given without a judgment; pass the judgment they came from")
+        trial_id = trial_key(trial["run_id"], trial["condition"], trial["latent"], trial["prompt_index"], trial["replicate"])
+        trial_row = {k: _column_value(trial.get(k)) for k in _TRIAL_COLUMNS}
+        trial_row.update(id=trial_id, created_utc=trial.get("created_utc") or utc_now())
+        extra = dict(trial.get("extra") or {})
+        extra.update({k: v for k, v in trial.items() if k not in _TRIAL_COLUMNS and k not in ("extra", "id")})
+        trial_row["extra_json"] = _json(extra)
+        with self.transaction():
+            if self._query("SELECT 1 FROM runs WHERE id = ?", (trial["run_id"],)) == []:
+                raise MissingResourceError(f"no run {trial['run_id']!r} in {self.path}; create the run first")
+            try:
+                self.db["trials"].insert(trial_row)
+            except sqlite3.IntegrityError as exc:
+                if "UNIQUE" not in str(exc):
+                    raise UserInputError(f"trial {trial_id} cannot be stored: {exc}") from exc
+                raise DuplicateTrialError(
+                    f"trial {trial_id} is already recorded; skip the keys from finished_trial_keys() when resuming"
+                ) from exc
+            if judgment is not None:
+                self.db["judgments"].insert(self._judgment_row(trial_id, judgment))
+                self.db["attempts"].insert_all(
+                    {
+                        "trial_id": trial_id,
+                        "attempt_index": index,
+                        "text": attempt.get("text", attempt.get("attempt_text")),
+                        "score": None if attempt.get("score") is None else float(attempt["score"]),
+                    }
+                    for index, attempt in enumerate(attempts)
+                )
+        return trial_id
+
+    @staticmethod
+    def _judgment_row(trial_id: str, judgment: dict[str, Any]) -> dict[str, Any]:
+        row = {k: _column_value(judgment.get(k)) for k in _JUDGMENT_COLUMNS}
+        status = judgment.get("parse_status") or ("error" if judgment.get("error") else "ok")
+        if status not in ("ok", "error"):
+            raise UserInputError(f"parse_status must be 'ok' or 'error', got {status!r}")
+        extra = {k: v for k, v in judgment.items() if k not in _JUDGMENT_COLUMNS and k not in ("attempts", "trial_id")}
+        row.update(trial_id=trial_id, parse_status=status, created_utc=judgment.get("created_utc") or utc_now(),
+                   extra_json=_json(extra))
+        return row
+
+    def trials(self, run_id: str) -> list[dict[str, Any]]:
+        """The trials of a run ordered by (condition, latent, prompt_index, replicate). Each is the
+        `trials` row plus `judgment` (the `judgments` row or None) and `attempts` (rows in order)."""
+        trials = self._query(
+            "SELECT * FROM trials WHERE run_id = ? ORDER BY condition, latent, prompt_index, replicate", (run_id,)
+        )
+        judgments = {
+            row["trial_id"]: row
+            for row in self._query(
+                "SELECT j.* FROM judgments j JOIN trials t ON t.id = j.trial_id WHERE t.run_id = ?", (run_id,)
+            )
+        }
+        attempts: dict[str, list[dict[str, Any]]] = {}
+        for row in self._query(
+            "SELECT a.* FROM attempts a JOIN trials t ON t.id = a.trial_id WHERE t.run_id = ? "
+            "ORDER BY a.trial_id, a.attempt_index",
+            (run_id,),
+        ):
+            attempts.setdefault(row["trial_id"], []).append(row)
+        for trial in trials:
+            trial["judgment"] = judgments.get(trial["id"])
+            trial["attempts"] = attempts.get(trial["id"], [])
+        return trials
+
+    # -- calibrations -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _calibration_key(key: dict[str, Any]) -> dict[str, Any]:
+        missing = [k for k in CALIBRATION_KEY_COLUMNS if key.get(k) is None]
+        if missing:
+            raise UserInputError(f"a calibration key needs {', '.join(missing)}")
+        return {k: _column_value(key[k]) for k in CALIBRATION_KEY_COLUMNS}
+
+    def get_calibration(self, key: dict[str, Any]) -> dict[str, Any] | None:
+        """The cached calibration for `key` (model_sha256, sae_source, latent, layer, judge,
+        settings_hash) as its row plus `steps` (steps_json parsed), or None if there is none."""
+        clean = self._calibration_key(key)
+        where = " AND ".join(f"{k} = ?" for k in CALIBRATION_KEY_COLUMNS)
+        rows = self._query(f"SELECT * FROM calibrations WHERE {where}", [clean[k] for k in CALIBRATION_KEY_COLUMNS])
+        if not rows:
+            return None
+        row = rows[0]
+        row["steps"] = json.loads(row["steps_json"] or "[]")
+        return row
+
+    def put_calibration(self, key: dict[str, Any], result: dict[str, Any]) -> int:
+        """Store (or replace) the calibration for `key`; `result` has boost, achieved_score, target and
+        steps (a list, e.g. of BisectionStep dicts). Returns the calibration id (stable across replaces)."""
+        clean = self._calibration_key(key)
+        steps = result.get("steps", [])
+        steps = [dataclasses.asdict(s) if dataclasses.is_dataclass(s) and not isinstance(s, type) else s for s in steps]
+        values = {
+            **clean,
+            "boost": result.get("boost"),
+            "achieved_score": result.get("achieved_score"),
+            "target": result.get("target"),
+            "steps_json": _json(steps),
+            "created_utc": utc_now(),
+        }
+        columns = list(values)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in CALIBRATION_KEY_COLUMNS)
+        with self.transaction():
+            self.db.execute(
+                f"INSERT INTO calibrations ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)}) "
+                f"ON CONFLICT ({', '.join(CALIBRATION_KEY_COLUMNS)}) DO UPDATE SET {updates}",
+                [values[c] for c in columns],
+            )
+            where = " AND ".join(f"{k} = ?" for k in CALIBRATION_KEY_COLUMNS)
+            row = self.db.execute(
+                f"SELECT id FROM calibrations WHERE {where}", [clean[k] for k in CALIBRATION_KEY_COLUMNS]
+            ).fetchone()
+        return int(row[0])
