@@ -27,12 +27,12 @@ def default_db_path() -> Path:
 
 def shipped_models_dir() -> Path:
     """Folder of the catalog files shipped with the package (top-level `models/` in the repo)."""
-    return Path(str(resources.files("esr_local.models")))
+    return Path(str(resources.files("esr_local._models")))
 
 
 def shipped_vectors_dir() -> Path:
     """Folder of the dictionaries shipped with the package (top-level `vectors/` in the repo)."""
-    return Path(str(resources.files("esr_local.vectors")))
+    return Path(str(resources.files("esr_local._vectors")))
 
 
 def package_data_dir() -> Path:

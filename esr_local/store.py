@@ -167,8 +167,8 @@ class Store:
         if not rows:
             raise MissingResourceError(f"no run {run_id!r} in {self.path}; {_LIST_RUNS_HINT}")
         if len(rows) > 1:
-            ids = ", ".join(row["id"] for row in rows[:5])
-            raise UserInputError(f"run prefix {run_id!r} matches {len(rows)} runs ({ids}...); give more characters")
+            ids = ", ".join(row["id"] for row in rows[:3]) + (", ..." if len(rows) > 3 else "")
+            raise UserInputError(f"run prefix {run_id!r} matches {len(rows)} runs ({ids}); give more characters")
         row = rows[0]
         row["settings"] = json.loads(row["settings_json"] or "{}")
         return row

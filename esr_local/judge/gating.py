@@ -92,6 +92,8 @@ def gate_attempts(response: str, attempts: list[Attempt]) -> list[Attempt]:
     if len(attempts) <= 1:
         return [Attempt(a.text, a.score) for a in attempts]
     resp = normalise(response)
+    # Matched once over the whole response, so "try again" inside "let me try again" is one phrase.
+    phrases = list(_RESTART.finditer(resp))
     kept = [Attempt(attempts[0].text, attempts[0].score)]
     first = _locate(resp, attempts[0].text, 0)
     kept_start = 0 if first is None else first  # where the last kept attempt starts
@@ -99,12 +101,12 @@ def gate_attempts(response: str, attempts: list[Attempt]) -> list[Attempt]:
     for attempt in attempts[1:]:
         # A phrase must start after the last kept attempt's start: an opening "let me try again"
         # belongs to the first attempt and never justifies a second one.
-        floor = max(boundary, kept_start + 1)
-        start = _locate(resp, attempt.text, floor, kept_start)
+        eligible = [m for m in phrases if m.start() > kept_start and m.start() >= boundary]
+        start = _locate(resp, attempt.text, max(boundary, kept_start + 1), kept_start)
         if start is not None:
-            match = _restart_near(resp, start, floor)
+            match = _phrase_near(eligible, start)
         else:
-            match = _restart_from_attempt_text(resp, attempt.text, floor)
+            match = _phrase_from_attempt_text(eligible, attempt.text)
         if match is not None:
             kept.append(Attempt(attempt.text, attempt.score))
             boundary = match.end()
@@ -140,23 +142,18 @@ def _locate(resp: str, text: str, after: int, fallback_after: int | None = None)
     return None
 
 
-def _restart_near(resp: str, start: int, floor: int) -> re.Match[str] | None:
-    """The first restart phrase starting in the window around `start`, at or after `floor`."""
-    lo = max(floor, start - WINDOW_BEFORE)
-    hi = min(len(resp), start + WINDOW_AFTER)
-    # Start two characters early so a sentence break just before `lo` still counts.
-    for match in _RESTART.finditer(resp, max(0, lo - 2)):
-        return match if match.start() < hi else None
+def _phrase_near(phrases: list[re.Match[str]], start: int) -> re.Match[str] | None:
+    """The first phrase starting within WINDOW_BEFORE before to WINDOW_AFTER after `start`."""
+    for match in phrases:
+        if start - WINDOW_BEFORE <= match.start() < start + WINDOW_AFTER:
+            return match
     return None
 
 
-def _restart_from_attempt_text(resp: str, text: str, floor: int) -> re.Match[str] | None:
+def _phrase_from_attempt_text(phrases: list[re.Match[str]], text: str) -> re.Match[str] | None:
     """For an attempt not found in the response: a restart phrase in its head, also in `resp`."""
     found = _RESTART.search(normalise(text)[:WINDOW_AFTER])
     if found is None:
         return None
     core = found.group(0).strip(" \n.,!?;:)]")
-    for match in _RESTART.finditer(resp, floor):
-        if core and core in match.group(0):
-            return match
-    return None
+    return next((m for m in phrases if core and core in m.group(0)), None)
