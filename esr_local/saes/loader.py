@@ -90,7 +90,7 @@ def load_sae(
     else:
         if revision is not None:
             raise UserInputError("revision= applies only to hf:// sources")
-        path = src.local_path
+        path = src.local_path.absolute()
         if not path.exists():
             raise MissingResourceError(f"SAE source {source!r} does not exist (no file or folder at {path})")
     family, target = detect_format(path)
