@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from esr_local.errors import MissingResourceError
 from esr_local.importer import import_reference
 from esr_local.metrics import metrics_for_store
 
@@ -18,10 +19,12 @@ from .options import db_option, json_option, open_store
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @db_option
 @json_option
-def import_command(file: Path, db_path: Path | None, json_: bool) -> None:
+def import_command(file: Path, db: Path | None, json_: bool) -> None:
     """Import FILE, a JSON result file written by the ESR reference implementation
     (experiment_config + results_by_feature), as a new run; prints the run id and its metrics."""
-    with open_store(db_path) as store:
+    if not file.is_file():  # checked first so a typo does not create an empty database
+        raise MissingResourceError(f"no such file: {file}")
+    with open_store(db) as store:
         run_id = import_reference(store, file)
         rows = metrics_for_store(store, [run_id])
     if json_:

@@ -35,7 +35,8 @@ def format_metrics_table(rows: list[dict[str, Any]]) -> str:
     lines = [header]
     for row in rows:
         lines.append(
-            [row["run_id"], row["condition"], str(row["n"]), str(row["multi_attempt_count"]), str(row["improved_count"])]
+            [row["run_id"], row["condition"]]
+            + [str(row[k]) for k in ("n", "multi_attempt_count", "improved_count")]
             + [_cell(row[key], row[se], decimals) for _, key, se, decimals in _COLUMNS]
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
@@ -55,14 +56,14 @@ def metrics_records(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 @click.argument("runs", nargs=-1, metavar="[RUN]...")
 @db_option
 @json_option
-def metrics_command(runs: tuple[str, ...], db_path: Path | None, json_: bool) -> None:
+def metrics_command(runs: tuple[str, ...], db: Path | None, json_: bool) -> None:
     """Multi-attempt rate, ESR rate, conditional improvement rate and mean scores (with standard errors)
     per run and condition. RUN is a run id or a unique prefix; without RUN, every run is shown.
 
     A trial counts only when it, its latent and its judgment have no error and at least one attempt has a
     score. Rates are percentages; '-' (null in JSON) marks values that are undefined.
     """
-    with open_store(db_path, create=False) as store:
+    with open_store(db, create=False) as store:
         rows = metrics_for_store(store, list(runs) if runs else None)
     if json_:
         click.echo(json.dumps(metrics_records(rows), indent=2))

@@ -15,10 +15,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def db_option(fn: F) -> F:
-    """`--db PATH` (env ESR_LOCAL_DB), passed to the command as `db_path` (None means the default)."""
+    """`--db PATH` (env ESR_LOCAL_DB), passed to the command as `db` (None means the default database)."""
     return click.option(
         "--db",
-        "db_path",
+        "db",
         type=click.Path(dir_okay=False, path_type=Path),
         envvar="ESR_LOCAL_DB",
         default=None,
@@ -31,7 +31,7 @@ def json_option(fn: F) -> F:
     return click.option("--json", "json_", is_flag=True, help="Print JSON instead of a table.")(fn)
 
 
-def open_store(db_path: Path | None, *, create: bool = True) -> Store:
-    """Open the store at `db_path` or the default database. create=False (for commands that only read)
+def open_store(db: Path | None, *, create: bool = True) -> Store:
+    """Open the store at `db` or the default database. create=False (for commands that only read)
     raises MissingResourceError instead of creating an empty database."""
-    return Store(db_path if db_path is not None else default_db_path(), create=create)
+    return Store(db if db is not None else default_db_path(), create=create)

@@ -15,9 +15,9 @@ _FIELDS = ("id", "created_utc", "finished_utc", "status", "experiment", "model_n
 @click.command(name="runs")
 @db_option
 @json_option
-def runs_command(db_path: Path | None, json_: bool) -> None:
+def runs_command(db: Path | None, json_: bool) -> None:
     """List runs, oldest first: id, creation time, status, experiment, model and number of trials."""
-    with open_store(db_path, create=False) as store:
+    with open_store(db, create=False) as store:
         runs = [{k: run.get(k) for k in _FIELDS} for run in store.list_runs()]
     if json_:
         click.echo(json.dumps(runs, indent=2))
@@ -33,7 +33,8 @@ def runs_command(db_path: Path | None, json_: bool) -> None:
     ]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     for line in lines:
-        click.echo("  ".join(c.rjust(w) if i == 5 else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip())
+        cells = (c.rjust(w) if i == 5 else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths)))
+        click.echo("  ".join(cells).rstrip())
 
 
 commands: list[click.Command] = [runs_command]

@@ -150,6 +150,10 @@ def bisect_boost(
     median x, gets (direction, p) from `step_confidence`, multiplies the posterior by p on the side of x
     the direction points to, by 1-p on the other side and by sqrt(p(1-p)) at x, and renormalises.
     `on_step` is called after each step. Returns the final posterior median rounded to 2 decimals.
+
+    Note (a property of the protocol, kept on purpose): the confidence crosses 0.5 where the Beta
+    pseudo-posterior's median equals `target`, i.e. at s ~ 0.285 for target 0.3 and weight 5, so with
+    exact scores the search settles slightly above the boost whose score is exactly `target`.
     """
     _check_settings(target, lower, upper, prior_std, n_steps, update_weight, grid_points)
     spacing = (upper - lower) / (grid_points - 1)
@@ -174,7 +178,8 @@ def bisect_boost(
         right, left, at = (p, 1.0 - p, math.sqrt(p * (1.0 - p)))
         if direction < 0:
             right, left = left, right
-        weights = [w * left for w in weights[:index]] + [weights[index] * at] + [w * right for w in weights[index + 1:]]
+        weights = ([w * left for w in weights[:index]] + [weights[index] * at]
+                   + [w * right for w in weights[index + 1:]])
         total = math.fsum(weights)
         weights = [w / total for w in weights]
         step = BisectionStep(boost=boost, score=score, direction=direction, confidence=p)

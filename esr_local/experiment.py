@@ -339,8 +339,10 @@ class ExperimentRunner:
                 return {"run_id": run_id, "layer": layer, "boosts": boosts, "labels": {k: labels[k] for k in boosts}}
             levels = []
             if settings.sweep_levels:
-                levels = stored_levels = json.loads(run.get("boost_levels_json") or "null") or sweep_levels(list(boosts.values()), settings.sweep_levels)
-                self.store.db["runs"].update(run_id, {"boost_levels_json": json.dumps(stored_levels)}, alter=True)
+                # Recomputed on resume from the stored boosts, so the levels are always the same; each
+                # sweep trial records its level in `boost`.
+                levels = sweep_levels(list(boosts.values()), settings.sweep_levels)
+                self.echo(f"boost sweep levels: {', '.join(f'{x:g}' for x in levels)}")
             plan = plan_trials(settings, int(settings.seed), latents, labels, boosts, prompts, levels, meta, replay)
             done = self.store.finished_trial_keys(run_id)
             pending = [t for t in plan if (t.condition, t.latent, t.prompt_index, t.replicate) not in done]

@@ -29,6 +29,9 @@ from typing import Any
 from .errors import FormatError, MissingResourceError
 from .store import Store
 
+_KNOWN_TRIAL_KEYS = {
+    "prompt", "feature_index_in_sae", "feature_label", "threshold", "seed", "response", "score", "error",
+}
 _FORMAT_HINT = "expected a result file of the ESR reference implementation (experiment_config, results_by_feature)"
 
 
@@ -75,7 +78,8 @@ def _judgment(score: Any, config: dict[str, Any], path: Path, where: str) -> tup
         return None, []
     if not isinstance(score, dict):
         raise _fail(path, where, f"score must be an object, got {type(score).__name__}")
-    judgment: dict[str, Any] = {"judge_model": config.get("judge_model_name"), "raw_output": score.get("raw_response")}
+    judgment: dict[str, Any] = {"judge_model": config.get("judge_model_name"),
+                                "raw_output": score.get("raw_response")}
     if score.get("error") or not isinstance(score.get("attempts"), list):
         judgment.update(parse_status="error", error=str(score.get("error") or "no attempts list in the score"))
         return judgment, []
@@ -124,7 +128,6 @@ def _plan(path: Path, data: dict[str, Any]) -> tuple[list[dict], list[tuple[dict
             replicate = seen.get((latent, prompt), 0)
             seen[(latent, prompt)] = replicate + 1
             judgment, attempts = _judgment(trial.get("score"), config, path, t_where)
-            known = {"prompt", "feature_index_in_sae", "feature_label", "threshold", "seed", "response", "score", "error"}
             record = {
                 "condition": condition,
                 "latent": latent,
@@ -137,7 +140,7 @@ def _plan(path: Path, data: dict[str, Any]) -> tuple[list[dict], list[tuple[dict
                 "response": trial.get("response"),
                 "error": str(trial["error"]) if trial.get("error") else None,
                 "extra": {"feature_label": trial.get("feature_label"),
-                          **{k: v for k, v in trial.items() if k not in known}},
+                          **{k: v for k, v in trial.items() if k not in _KNOWN_TRIAL_KEYS}},
             }
             trials.append((record, judgment, attempts))
     return latents, trials

@@ -28,7 +28,7 @@ from .store_schema import MIGRATIONS, RUN_SETTING_COLUMNS
 
 RUN_STATUSES = ("started", "success", "error", "cancelled")
 TERMINAL_STATUSES = ("success", "error", "cancelled")
-BOOST_SOURCES = ("calibrated", "given", "imported", "none")
+BOOST_SOURCES = ("calibrated", "given", "imported", "replayed", "none")
 CALIBRATION_KEY_COLUMNS = ("model_sha256", "sae_source", "latent", "layer", "judge", "settings_hash")
 
 _TRIAL_COLUMNS = (
@@ -71,6 +71,16 @@ def _column_value(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return _json(value)
+
+
+def _extra(record: dict[str, Any], skip: set[str]) -> dict[str, Any]:
+    """The extra_json content of a record: its `extra_json` (JSON text or dict), its `extra` dict, then any
+    keys that are not columns."""
+    given = record.get("extra_json") or {}
+    extra = dict(json.loads(given) if isinstance(given, str) else given)
+    extra.update(record.get("extra") or {})
+    extra.update({k: v for k, v in record.items() if k not in skip and k not in ("extra", "extra_json")})
+    return extra
 
 
 class Store:
@@ -231,14 +241,19 @@ class Store:
 
     def finished_trial_keys(self, run_id: str) -> set[tuple[str, int, int, int]]:
         """(condition, latent, prompt_index, replicate) of every trial already recorded for a run."""
-        rows = self._query("SELECT condition, latent, prompt_index, replicate FROM trials WHERE run_id = ?", (run_id,))
+        rows = self._query(
+            "SELECT condition, latent, prompt_index, replicate FROM trials WHERE run_id = ?", (run_id,)
+        )
         return {(r["condition"], r["latent"], r["prompt_index"], r["replicate"]) for r in rows}
 
-    def record_trial(self, trial: dict[str, Any], judgment: dict[str, Any] | None, attempts: list[dict[str, Any]]) -> str:
+    def record_trial(
+        self, trial: dict[str, Any], judgment: dict[str, Any] | None, attempts: list[dict[str, Any]]
+    ) -> str:
         """Write a trial, its judgment (None if it was never judged) and its attempts in one transaction.
 
         `trial` needs run_id, condition, latent, prompt_index and replicate; the other trial columns are
-        optional, `extra` (a dict) and any unknown keys go to extra_json. `judgment` holds judgments
+        optional; `extra_json` (text or dict), `extra` (a dict) and any unknown keys are merged into
+        extra_json. `judgment` holds judgments
         columns (parse_status defaults to 'error' when `error` is set, else 'ok'); an `attempts` key in
         it is ignored and unknown keys go to its extra_json. `attempts` are dicts with `text` (or
         `attempt_text`) and `score` (or None), in order. Returns the trial id. Raises
@@ -249,11 +264,10 @@ class Store:
             raise UserInputError(f"a trial needs {', '.join(missing)}")
         if attempts and judgment is None:
             raise UserInputError("attempts were given without a judgment; pass the judgment they came from")
-        trial_id = trial_key(trial["run_id"], trial["condition"], trial["latent"], trial["prompt_index"], trial["replicate"])
+        trial_id = trial_key(*(trial[k] for k in ("run_id", "condition", "latent", "prompt_index", "replicate")))
         trial_row = {k: _column_value(trial.get(k)) for k in _TRIAL_COLUMNS}
         trial_row.update(id=trial_id, created_utc=trial.get("created_utc") or utc_now())
-        extra = dict(trial.get("extra") or {})
-        extra.update({k: v for k, v in trial.items() if k not in _TRIAL_COLUMNS and k not in ("extra", "id")})
+        extra = _extra(trial, skip={*_TRIAL_COLUMNS, "id"})
         trial_row["extra_json"] = _json(extra)
         with self.transaction():
             if self._query("SELECT 1 FROM runs WHERE id = ?", (trial["run_id"],)) == []:
@@ -285,7 +299,7 @@ class Store:
         status = judgment.get("parse_status") or ("error" if judgment.get("error") else "ok")
         if status not in ("ok", "error"):
             raise UserInputError(f"parse_status must be 'ok' or 'error', got {status!r}")
-        extra = {k: v for k, v in judgment.items() if k not in _JUDGMENT_COLUMNS and k not in ("attempts", "trial_id")}
+        extra = _extra(judgment, skip={*_JUDGMENT_COLUMNS, "attempts", "trial_id"})
         row.update(trial_id=trial_id, parse_status=status, created_utc=judgment.get("created_utc") or utc_now(),
                    extra_json=_json(extra))
         return row
@@ -337,10 +351,14 @@ class Store:
 
     def put_calibration(self, key: dict[str, Any], result: dict[str, Any]) -> int:
         """Store (or replace) the calibration for `key`; `result` has boost, achieved_score, target and
-        steps (a list, e.g. of BisectionStep dicts). Returns the calibration id (stable across replaces)."""
+        steps (a list of dicts or BisectionSteps) or steps_json (JSON text). Returns the calibration id,
+        which stays the same when an entry is replaced."""
         clean = self._calibration_key(key)
-        steps = result.get("steps", [])
-        steps = [dataclasses.asdict(s) if dataclasses.is_dataclass(s) and not isinstance(s, type) else s for s in steps]
+        if "steps" not in result and isinstance(result.get("steps_json"), str):
+            steps = json.loads(result["steps_json"])
+        else:
+            steps = [dataclasses.asdict(s) if dataclasses.is_dataclass(s) and not isinstance(s, type) else s
+                     for s in result.get("steps", [])]
         values = {
             **clean,
             "boost": result.get("boost"),

@@ -109,7 +109,7 @@ def m002_calibrations_latents(db: Database) -> None:
             row_norm REAL,                    -- L2 norm of the SAE decoder row
             boost REAL,
             boost_source TEXT NOT NULL DEFAULT 'none'
-                CHECK (boost_source IN ('calibrated', 'given', 'imported', 'none')),
+                CHECK (boost_source IN ('calibrated', 'given', 'imported', 'replayed', 'none')),
             calibration_id INTEGER REFERENCES calibrations(id),
             error TEXT,                       -- a latent error excludes all of its trials from the metrics
             PRIMARY KEY (run_id, latent)

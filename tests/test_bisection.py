@@ -34,7 +34,8 @@ def test_beta_cdf_closed_forms(a, b, closed_form):
 def test_beta_cdf_symmetry_and_edges():
     for a, b in [(2.3, 7.1), (0.5, 5.5), (30.0, 0.7)]:
         for x in XS:
-            assert regularized_incomplete_beta(a, b, x) == pytest.approx(1 - regularized_incomplete_beta(b, a, 1 - x), abs=1e-13)
+            mirrored = 1 - regularized_incomplete_beta(b, a, 1 - x)
+            assert regularized_incomplete_beta(a, b, x) == pytest.approx(mirrored, abs=1e-13)
     assert beta_cdf(0.0, 2, 3) == 0.0 and beta_cdf(1.0, 2, 3) == 1.0 and beta_cdf(-1, 2, 3) == 0.0
     with pytest.raises(UserInputError):
         beta_cdf(0.5, 0.0, 1.0)
@@ -115,8 +116,8 @@ def _fixed_point_score(target=0.3, weight=5.0):
 
 
 def test_converges_deterministically():
-    # The Beta(0.5+5s, 0.5+5(1-s)) confidence turns over not at s = 0.3 but at s* = 0.2851 (the median of
-    # that Beta is above 0.3 there), so the protocol's fixed point sits at boost b* = 13.379, 0.108 above the
+    # The Beta(0.5+5s, 0.5+5(1-s)) confidence turns over not at s = 0.3 but at s* = 0.2851, where that Beta's
+    # median (not the observed score) equals 0.3, so the protocol's fixed point sits at boost b* = 13.379, 0.108 above the
     # exact root. Steps near b* carry confidences of only ~0.50-0.52, so after 10 steps the median still
     # alternates around b* in steps of a few hundredths: 0.05 around b* (ten grid spacings of 0.005) is
     # the resolution to expect, and 0.15 around the exact root covers the protocol's bias as well.

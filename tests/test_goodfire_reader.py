@@ -99,22 +99,22 @@ def test_writer_streams_chunks_and_sparse_zeros(tmp_path):
     assert not sae.encode(np.ones((2, d_model)), [0, 999]).any()
 
 
+# Peak RSS comes from VmHWM, the high-water mark of this process image: ru_maxrss would carry over the
+# (possibly large) RSS of the pytest process that spawned it, hiding any growth below that level.
 _MEASURE = r"""
-import json, resource, sys
+import json, sys
 import numpy as np
 from esr_local.saes import load_sae
 
-def rchar():
-    with open("/proc/self/io") as fh:
-        return int(next(l for l in fh if l.startswith("rchar:")).split()[1])
+def proc(file, key):
+    with open(file) as fh:
+        return int(next(l for l in fh if l.startswith(key)).split()[1])
 
-rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-r0 = rchar()
+hwm0, r0 = proc("/proc/self/status", "VmHWM:"), proc("/proc/self/io", "rchar:")
 sae = load_sae(sys.argv[1])
 row = sae.decoder_row(int(sys.argv[2]))
-r1 = rchar()
-rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"read": r1 - r0, "rss_growth_kb": rss1 - rss0, "row": row.tolist()}))
+hwm1, r1 = proc("/proc/self/status", "VmHWM:"), proc("/proc/self/io", "rchar:")
+print(json.dumps({"read": r1 - r0, "rss_growth_kb": hwm1 - hwm0, "row": row.tolist()}))
 """
 
 
@@ -178,6 +178,26 @@ def test_unsafe_pickle_global_is_refused_without_running(tmp_path):
     payload = pickle.dumps(OrderedDict(x=Path("/etc/passwd")), protocol=2)
     with pytest.raises(FormatError, match="refusing to load"):
         read_torch_zip(_zip_with_pickle(tmp_path / "path.pth", payload))
+
+
+def test_pickle_cannot_rewrite_a_tensor_record_after_validation(tmp_path):
+    """BUILD on a rebuilt tensor (to swap in a bad offset after the checks ran) is refused."""
+    from esr_local.saes.torch_zip import _pickle_int, _pickle_str, _pickle_tuple
+
+    storage = _pickle_tuple([_pickle_str("storage"), b"ctorch\nFloatStorage\n", _pickle_str("0"), _pickle_str("cpu"),
+                             _pickle_int(640)])
+    args = _pickle_tuple([storage + b"Q", _pickle_int(0), _pickle_tuple([_pickle_int(16), _pickle_int(40)]),
+                          _pickle_tuple([_pickle_int(40), _pickle_int(1)]), b"\x89"])
+    tensor = b"ctorch._utils\n_rebuild_tensor_v2\n" + args + b"R"
+    tampered = tensor + b"}" + _pickle_str("storage_offset") + _pickle_int(10**6) + b"sb"  # EMPTY_DICT SETITEM BUILD
+    for body, ok in ((tensor, True), (tampered, False)):
+        payload = b"\x80\x02ccollections\nOrderedDict\n)R(" + _pickle_str("decoder_linear.weight") + body + b"u."
+        path = _zip_with_pickle(tmp_path / f"t{ok}.pth", payload, {"archive/data/0": bytes(2560)})
+        if ok:
+            assert read_torch_zip(path)["decoder_linear.weight"].shape == (16, 40)
+        else:
+            with pytest.raises(FormatError, match="modify a tensor record"):
+                read_torch_zip(path)
 
 
 def test_corrupt_truncated_and_legacy_files(tmp_path):

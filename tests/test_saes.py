@@ -20,7 +20,6 @@ from safetensors.numpy import save_file
 
 from esr_local.errors import FormatError, MissingResourceError, UserInputError
 from esr_local.saes import Sae, SaeInfo, load_sae, parse_source
-from esr_local.saes.torch_zip import write_state_dict
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -137,8 +137,10 @@ def test_upsert_latent(store):
     store.upsert_latent(run_id, 9, label="cats", row_norm=2.0, boost=None, boost_source="none")
     store.upsert_latent(run_id, 3, label="dogs", row_norm=1.0, boost=4.0, boost_source="given")
     store.upsert_latent(run_id, 9, label="cats", row_norm=2.0, boost=12.5, boost_source="calibrated", error=None)
+    store.upsert_latent(run_id, 4, label="owls", row_norm=1.0, boost=2.0, boost_source="replayed")
     rows = store.latents(run_id)
-    assert [(r["latent"], r["boost"], r["boost_source"]) for r in rows] == [(3, 4.0, "given"), (9, 12.5, "calibrated")]
+    assert [(r["latent"], r["boost"], r["boost_source"]) for r in rows] == [
+        (3, 4.0, "given"), (4, 2.0, "replayed"), (9, 12.5, "calibrated")]
     with pytest.raises(UserInputError, match="boost_source"):
         store.upsert_latent(run_id, 1, label=None, row_norm=None, boost=None, boost_source="guessed")
 
@@ -158,9 +160,19 @@ def test_record_trial_round_trip(store):
     assert (trial["prompt"], trial["boost"], trial["seed"]) == ("How? Stay on topic.", 3.5, 42)
     assert json.loads(trial["extra_json"]) == {"note": 1, "sampler": "greedy"}
     judgment = trial["judgment"]
-    assert (judgment["parse_status"], judgment["tries"], judgment["latency_ms"], judgment["n_attempts_raw"]) == ("ok", 1, 12.5, 3)
+    assert (judgment["parse_status"], judgment["tries"], judgment["latency_ms"]) == ("ok", 1, 12.5)
+    assert judgment["n_attempts_raw"] == 3
     assert [(a["attempt_index"], a["text"], a["score"]) for a in trial["attempts"]] == [
         (0, "first", 20.0), (1, "second", None), (2, "third", 70.5)]
+
+
+def test_extra_json_given_as_text_is_merged_not_nested(store):
+    run_id = store.create_run({})
+    store.record_trial(_trial(run_id, extra_json=json.dumps({"parallel_sequences": 4}), gpu=False),
+                       {**JUDGMENT, "extra_json": {"prompt_chars": 900}}, [])
+    [trial] = store.trials(run_id)
+    assert json.loads(trial["extra_json"]) == {"parallel_sequences": 4, "gpu": False}
+    assert json.loads(trial["judgment"]["extra_json"]) == {"prompt_chars": 900}
 
 
 def test_record_trial_parse_status_defaults_from_error(store):
@@ -236,8 +248,9 @@ def test_calibration_cache(store):
     assert (row["id"], row["boost"], row["achieved_score"], row["target"]) == (cal_id, 13.38, 0.31, 0.3)
     assert row["steps"] == [{"boost": 10.0, "score": 0.5, "direction": 1, "confidence": 0.8}]
     # Same key: replaced in place, id kept. Another settings hash: a separate entry.
-    assert store.put_calibration(KEY, {"boost": 14.0, "steps": []}) == cal_id
+    assert store.put_calibration(KEY, {"boost": 14.0, "steps_json": json.dumps([{"boost": 1.0}])}) == cal_id
     assert store.get_calibration(KEY)["boost"] == 14.0
+    assert store.get_calibration(KEY)["steps"] == [{"boost": 1.0}]
     assert store.put_calibration({**KEY, "settings_hash": "h2"}, {"boost": 1.0}) != cal_id
     assert store.get_calibration({**KEY, "latent": 13}) is None
     run_id = store.create_run({})

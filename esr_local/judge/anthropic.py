@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from .base import Judge, RetryableError
-from .http import post_json
+from .http import join_url, post_json, strip_base
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_MODEL = "claude-haiku-4-5-20251001"
@@ -31,9 +32,10 @@ class AnthropicJudge(Judge):
         max_tokens: int | None = None,
         **kwargs: Any,
     ) -> None:
-        base = base_url.rstrip("/")
-        if base.endswith("/v1"):  # accept both ".../" and ".../v1"
-            base = base[: -len("/v1")]
+        base = strip_base(base_url)
+        if urlsplit(base).path.endswith("/v1"):  # accept both "https://host" and "https://host/v1"
+            parts = urlsplit(base)
+            base = urlunsplit((parts.scheme, parts.netloc, parts.path[: -len("/v1")], parts.query, ""))
         super().__init__(
             model=model,
             base_url=base,
@@ -63,7 +65,7 @@ class AnthropicJudge(Judge):
 
     def _complete(self, system: str, user: str) -> str:
         reply = post_json(
-            f"{self.base_url}/v1/messages",
+            join_url(self.base_url, "/v1/messages"),
             self.request_body(system, user),
             {"x-api-key": self._api_key, "anthropic-version": API_VERSION},
             timeout=self.timeout,

@@ -7,6 +7,7 @@ import socket
 import urllib.error
 import urllib.request
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import BackendError
 from .base import RetryableError, redact_url
@@ -53,6 +54,18 @@ def post_json(
     if not isinstance(decoded, dict):
         raise RetryableError(f"unexpected JSON reply from {_origin(url)} (not an object)")
     return decoded
+
+
+def strip_base(url: str) -> str:
+    """A base URL without trailing slashes on its path (query kept, fragment dropped)."""
+    parts = urlsplit(url.strip())
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), parts.query, ""))
+
+
+def join_url(base: str, suffix: str) -> str:
+    """Append `suffix` (starting with '/') to the path of `base`, keeping its query string."""
+    parts = urlsplit(base)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + suffix, parts.query, ""))
 
 
 def _error_detail(exc: urllib.error.HTTPError) -> str:

@@ -8,8 +8,8 @@ from urllib.parse import urlsplit
 
 from ..errors import UserInputError
 from .base import Judge, RetryableError
-from .grammar import JUDGE_GBNF, JUDGE_JSON_SCHEMA
-from .http import post_json
+from .grammar import JUDGE_GBNF, JUDGE_JSON_SCHEMA, MAX_OUTPUT_CHARS
+from .http import join_url, post_json, strip_base
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MAX_TOKENS = 4096
@@ -42,15 +42,14 @@ class OpenAICompatJudge(Judge):
     ) -> None:
         if json_mode not in JSON_MODES:
             raise UserInputError(f"json_mode must be one of {JSON_MODES}, got {json_mode!r}")
-        base = base_url.rstrip("/")
+        base = strip_base(base_url)
         if urlsplit(base).scheme not in ("http", "https"):
             raise UserInputError(f"judge base URL must start with http:// or https://, got {base_url!r}")
-        super().__init__(
-            model=model,
-            base_url=base,
-            max_tokens=DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens,
-            **kwargs,
-        )
+        if max_tokens is None:
+            # Under our grammar the reply always fits in MAX_OUTPUT_CHARS tokens; asking for more
+            # can overflow a small server context.
+            max_tokens = MAX_OUTPUT_CHARS if json_mode == "gbnf" else DEFAULT_MAX_TOKENS
+        super().__init__(model=model, base_url=base, max_tokens=max_tokens, **kwargs)
         self._api_key = api_key or None
         self.timeout = timeout
         self.json_mode = json_mode
@@ -89,7 +88,7 @@ class OpenAICompatJudge(Judge):
     def _complete(self, system: str, user: str) -> str:
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         reply = post_json(
-            f"{self.base_url}/chat/completions",
+            join_url(self.base_url, "/chat/completions"),
             self.request_body(system, user),
             headers,
             timeout=self.timeout,

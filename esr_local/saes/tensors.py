@@ -184,23 +184,33 @@ class SafetensorsTensor(Tensor):
         self.dtype = dtype
         self.shape = tuple(int(s) for s in shape)
 
-    def _slice(self, key):
+    def _with_slice(self, fn):
         from safetensors import safe_open
 
         with safe_open(self.path, framework="numpy") as f:
-            return np.array(f.get_slice(self.name)[key], dtype=np.float32)
+            return fn(f.get_slice(self.name))
 
     def read(self) -> np.ndarray:
-        return self._slice(slice(None))
+        return self._with_slice(lambda s: np.array(s[:], dtype=np.float32))
 
     def row(self, i: int) -> np.ndarray:
-        return self._slice(i)
+        return self._with_slice(lambda s: np.array(s[i], dtype=np.float32))
 
     def col(self, j: int) -> np.ndarray:
-        return self._slice((slice(None), j))
+        return self._with_slice(lambda s: np.array(s[:, j], dtype=np.float32))
 
     def take(self, indices: Sequence[int]) -> np.ndarray:
-        return np.array([self._slice(int(i)) for i in indices], dtype=np.float32).reshape(-1)
+        return self._with_slice(lambda s: np.array([s[int(i)] for i in indices], dtype=np.float32).reshape(-1))
+
+    def rows(self, indices: Sequence[int]) -> np.ndarray:
+        if not len(indices):
+            return np.zeros((0, self.shape[1]), np.float32)
+        return self._with_slice(lambda s: np.stack([np.asarray(s[int(i)], np.float32) for i in indices]))
+
+    def cols(self, indices: Sequence[int]) -> np.ndarray:
+        if not len(indices):
+            return np.zeros((self.shape[0], 0), np.float32)
+        return self._with_slice(lambda s: np.stack([np.asarray(s[:, int(j)], np.float32) for j in indices], axis=1))
 
 
 _ST_DTYPES = {"F32": "float32", "F16": "float16", "F64": "float64", "BF16": "bfloat16"}

@@ -44,10 +44,18 @@ _STORAGE_DTYPES = {
     "BFloat16Storage": ("bfloat16", 2),
 }
 _DTYPE_STORAGE = {v[0]: k for k, v in _STORAGE_DTYPES.items()}
+_MAX_PICKLE_BYTES = 64 * 2**20  # a state_dict pickle is a few KB; refuse anything absurd before reading it
+
+
+class _NoState:
+    """Refuses pickle's BUILD opcode, which could otherwise overwrite fields after they were validated."""
+
+    def __setstate__(self, state):
+        raise FormatError("the pickle tries to modify a tensor record after creating it")
 
 
 @dataclass(frozen=True)
-class _StorageType:
+class _StorageType(_NoState):
     name: str
 
     @property
@@ -56,14 +64,14 @@ class _StorageType:
 
 
 @dataclass(frozen=True)
-class _StorageRef:
+class _StorageRef(_NoState):
     key: str
     dtype: str
     numel: int
 
 
 @dataclass(frozen=True)
-class _TensorRef:
+class _TensorRef(_NoState):
     storage: _StorageRef
     storage_offset: int
     size: tuple[int, ...]
@@ -165,6 +173,8 @@ def read_torch_zip(path: str | Path) -> dict[str, FileTensor]:
                     f"{path} is a zip file but not a torch.save archive (expected one '<name>/data.pkl', found {len(pkls)})"
                 )
             prefix = pkls[0][: -len("data.pkl")]
+            if infos[pkls[0]].file_size > _MAX_PICKLE_BYTES:
+                raise FormatError(f"{path}: data.pkl is {infos[pkls[0]].file_size} bytes, far too large for a state_dict")
             pkl = zf.read(pkls[0])
             byteorder = "little"
             if prefix + "byteorder" in infos:
