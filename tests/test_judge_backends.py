@@ -133,6 +133,8 @@ def test_unknown_and_incomplete_specs_are_user_errors():
         make_judge("openai:gpt-4o-mini")  # the real OpenAI API without a key
     with pytest.raises(UserInputError, match="json_mode"):
         make_judge("openai:x", base_url="http://127.0.0.1:9/v1", json_mode="yaml")
+    with pytest.raises(UserInputError, match="grammar-constrained"):
+        make_judge("local", json_mode="json_schema")
 
 
 def test_anthropic_without_key_names_the_variable():
@@ -293,7 +295,9 @@ def test_anthropic_settings_from_environment_and_empty_attempt_list(monkeypatch)
 
 @pytest.fixture(scope="module")
 def local_judge():
-    return make_judge("local", seed=0)
+    judge = make_judge("local", seed=0)
+    yield judge
+    judge.close()
 
 
 def test_local_judge_returns_grammar_constrained_attempts(local_judge):
@@ -313,6 +317,12 @@ def test_local_judge_returns_grammar_constrained_attempts(local_judge):
     info = local_judge.describe()
     assert info["backend"] == "local" and info["model"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert info["temperature"] == 0.0 and info["constraint"] == "gbnf"
+
+
+def test_local_judge_records_a_response_too_long_for_its_context(local_judge):
+    result = local_judge.judge(PROMPT, "Fold the sheet again. " * 1500, LABEL)
+    assert result.parse_status == "error" and result.tries == 1 and result.raw_output == ""
+    assert "n_ctx=4096" in result.error
 
 
 def test_local_judge_rejects_missing_model_file(tmp_path):

@@ -246,6 +246,8 @@ def test_single_or_no_attempt_passes_through():
         "Let's get back to the question.",
         "Scratch that.",
         "On second thought, use vinegar.",
+        "I'm sorry, that was about something else.",
+        "Hold on, I drifted.",
     ],
 )
 def test_restart_phrases_detected(text):
@@ -260,6 +262,8 @@ def test_restart_phrases_detected(text):
         "This is correct when the sum is even.",
         "Repeat the steps until the sheet is flat.",
         "Start with a clean surface.",
+        "Hold on to the rope with both hands.",
+        "Let the dough rest; it is not wrong to wait longer.",
     ],
 )
 def test_ordinary_instructions_are_not_restarts(text):

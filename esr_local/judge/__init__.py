@@ -45,6 +45,7 @@ def make_judge(
     max_tokens: int | None = None,
     json_mode: str | None = None,
     retry_backoff: float = 1.0,
+    n_ctx: int | None = None,
 ) -> Judge:
     """Build a judge from a spec string.
 
@@ -59,6 +60,7 @@ def make_judge(
       https://api.anthropic.com; key from `api_key`, else `ANTHROPIC_API_KEY` (required).
 
     `temperature` None means the backend default (0 for local; omitted from remote requests).
+    `n_threads`, `seed` and `n_ctx` (default 4096) apply to the local judge only.
     Raises UserInputError for an unknown spec or a missing required key.
     """
     backend, _, rest = (spec or "").strip().partition(":")
@@ -74,9 +76,15 @@ def make_judge(
     if backend == "local":
         if json_mode not in (None, "gbnf"):
             raise UserInputError("the local judge is always grammar-constrained; drop json_mode")
-        from .local import LocalJudge
+        from .local import DEFAULT_N_CTX, LocalJudge
 
-        return LocalJudge(model_path or rest or None, n_threads=n_threads, seed=seed, **common)
+        return LocalJudge(
+            model_path or rest or None,
+            n_ctx=n_ctx or DEFAULT_N_CTX,
+            n_threads=n_threads,
+            seed=seed,
+            **common,
+        )
     if backend == "openai":
         if not rest:
             raise UserInputError(f"give the judge model, e.g. openai:gpt-4o-mini (forms: {SPEC_HELP})")

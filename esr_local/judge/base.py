@@ -73,6 +73,9 @@ class Judge:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r}, base_url={redact_url(self.base_url)!r})"
 
+    def close(self) -> None:
+        """Release backend resources (the local judge frees its model); safe to call twice."""
+
     def _complete(self, system: str, user: str) -> str:
         """Send one request and return the judge's text. Raise BackendError on failure."""
         raise NotImplementedError

@@ -35,8 +35,9 @@ _PROBE_LENGTHS = (60, 30, 15)
 RESTART_PATTERNS: tuple[str, ...] = (
     # "Wait," / "Wait!" / "Hmm, wait." used as an interjection at the start of a sentence.
     r"(?:^|[.!?:;\n)\]]\s*|\bno,?\s+)(?:hmm+,?\s*|oh,?\s*)?wait\b\s*[,.!\u2026-]",
-    r"\bhold on\b",
-    r"\b(?:that|this|it)(?:'s| is| was)\s+(?:not\s+(?:right|correct|quite right|relevant|what)|wrong|incorrect|off[- ]topic)\b",
+    r"\bhold on\b\s*[,.!\u2026-]",
+    r"\b(?:that|this|it)(?:'s| is| was)\s+"
+    r"(?:not\s+(?:right|correct|quite right|relevant|what)|wrong|incorrect|off[- ]topic)\b",
     r"\b(?:that|this|it)\s+(?:isn't|wasn't)\s+(?:right|correct|relevant|what)\b",
     r"\blet\s+me\s+(?:try|start|begin|do\s+(?:that|this))\s+(?:again|over|afresh|anew)\b",
     r"\blet(?:'s|\s+us)\s+(?:try|start|begin|do\s+(?:that|this))\s+(?:again|over|afresh|anew)\b",
@@ -45,15 +46,18 @@ RESTART_PATTERNS: tuple[str, ...] = (
     r"\blet\s+me\s+(?:revise|rephrase|reconsider|correct|refocus|redo|restart|re-?answer|fix)\b",
     r"\bi(?:'ve| have)?\s+made\s+(?:a|an)\s+(?:mistake|error)\b",
     r"\bmy\s+(?:mistake|apologies|bad)\b",
-    r"\bi\s+(?:apologi[sz]e|am sorry|'m sorry)\b",
+    r"\bi(?:\s+apologi[sz]e|\s+am\s+sorry|'m\s+sorry)\b",
     r"(?:^|[.!?\n]\s*)(?:sorry|oops)\b",
     r"\bscratch\s+that\b",
     r"\bi\s+misspoke\b",
     r"\bon\s+second\s+thought\b",
     r"\bactually,?\s+(?:no\b|i\s+(?:was|made|got|think\s+i)|let\s+me|that(?:'s| is)\s+not)",
-    r"\bi(?:'m| am| was| got|'ve been)\s+(?:getting\s+|going\s+|being\s+)?(?:off[- ](?:track|topic)|distracted|sidetracked|side-tracked)\b",
-    r"\b(?:get|getting|got|come|coming)\s+back\s+(?:on\s+track|to\s+(?:the|your)\s+(?:original\s+|actual\s+)?(?:question|topic|task|prompt|point))\b",
-    r"\b(?:back|return(?:ing)?)\s+to\s+(?:the|your)\s+(?:original\s+|actual\s+)?(?:question|topic|task|prompt)\b",
+    r"\bi(?:'m| am| was| got|'ve been)\s+(?:getting\s+|going\s+|being\s+)?"
+    r"(?:off[- ](?:track|topic)|distracted|sidetracked|side-tracked)\b",
+    r"\b(?:get|getting|got|come|coming)\s+back\s+"
+    r"(?:on\s+track|to\s+(?:the|your)\s+(?:original\s+|actual\s+)?(?:question|topic|task|prompt|point))\b",
+    r"\b(?:back|return(?:ing)?)\s+to\s+(?:the|your)\s+"
+    r"(?:original\s+|actual\s+)?(?:question|topic|task|prompt)\b",
     r"\bto\s+(?:actually\s+)?answer\s+(?:the|your)\s+(?:original\s+|actual\s+)?question\b",
     r"(?:^|[.!?\n]\s*)correction\s*:",
 )

@@ -92,7 +92,15 @@ class LocalJudge(Judge):
         )
         return info
 
+    def close(self) -> None:
+        """Free the judge model; later calls to judge() record a backend error."""
+        llm, self._llm = getattr(self, "_llm", None), None
+        if llm is not None:
+            llm.close()
+
     def _complete(self, system: str, user: str) -> str:
+        if self._llm is None:
+            raise BackendError("this local judge was closed")
         used = len(self._llm.tokenize(f"{system}\n{user}".encode(), add_bos=True, special=False))
         room = self.n_ctx - used - _TEMPLATE_SLACK
         if room < min(self.max_tokens, MAX_OUTPUT_CHARS):
