@@ -226,6 +226,7 @@ def build_concept_dictionary(
         },
         str(out_dir / "sae_weights.safetensors"),
     )
+    (out_dir / "sae_weights.safetensors").chmod(0o644)  # save_file writes 0600; the folder is shipped data
     cfg = {
         "architecture": "standard",
         "d_in": n_embd,
@@ -252,7 +253,8 @@ def build_concept_dictionary(
             "llama_cpp_layer": layer,
             "concepts_sha256": concepts.sha256,
             "concept_keys": [c.key for c in concepts.concepts],
-            "n_neutral_texts": len(concepts.neutral),
+            "n_texts": sum(len(c.texts) for c in concepts.concepts)
+            + (len(concepts.neutral) if baseline == "neutral" else 0),
             "model_file": model_path.name,
             "model_sha256": _sha256_file(model_path),
             "llama_cpp_python_version": llama_cpp.__version__,

@@ -56,7 +56,7 @@ libggml.ggml_nbytes.restype = ctypes.c_size_t
 class ResidualReader:
     """Captures `l_out-N` activations of a loaded model on a private llama.cpp context.
 
-    Use as a context manager (or call `close()`); the Llama object must outlive the reader.
+    Use as a context manager (or call `close()`); close the reader before the Llama it reads from.
     `n_ctx` bounds the prompt length of one `read`; batch and ubatch are set to `n_ctx` so a
     prompt is decoded in one step. `flash_attn` defaults to the generation context's setting.
     """
@@ -101,10 +101,16 @@ class ResidualReader:
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------------------
+    def _model_alive(self) -> bool:
+        # Llama.close() frees the weights and sets its model pointer to None.
+        return getattr(getattr(self._llm, "_model", None), "model", None) is not None
+
     def close(self) -> None:
-        """Free the reader's llama.cpp context (idempotent)."""
+        """Free the reader's llama.cpp context (idempotent). Close the reader before the Llama."""
         if not getattr(self, "_closed", True):
-            llama_cpp.llama_free(self._ctx)
+            if self._model_alive():
+                llama_cpp.llama_free(self._ctx)
+            # else: the weights were freed first; freeing the context now could touch freed memory, so it leaks.
             self._ctx = None
             self._closed = True
 
@@ -138,6 +144,8 @@ class ResidualReader:
         """
         if self._closed:
             raise BackendError("this ResidualReader is closed; create a new one")
+        if not self._model_alive():
+            raise BackendError("the model behind this ResidualReader was closed; close the reader before the Llama")
         toks = self._check_tokens(tokens)
         wanted = self._check_layers(layers)
         self._set_directions(directions)

@@ -142,3 +142,21 @@ def test_steering_with_a_concept_row_changes_the_answer_and_clearing_restores_it
         llm.close()
     assert steered != base
     assert cleared == base
+
+
+def test_shipped_dictionary_loads_through_the_sae_loader():
+    saes = pytest.importorskip("esr_local.saes")
+    if not hasattr(saes, "load_sae"):
+        pytest.skip("esr_local.saes.load_sae is not available")
+    sae = saes.load_sae(str(SHIPPED))
+    assert sae.info.family == "saelens"
+    assert (sae.d_model, sae.d_sae) == (576, len(dic.load_concepts().concepts))
+    assert sae.info.layer == dic.DEFAULT_LAYER
+    assert sae.info.model_name == "SmolLM2-135M-Instruct"
+    w = _weights(SHIPPED)["W_dec"]
+    for i in (0, 1, sae.d_sae - 1):
+        assert np.array_equal(sae.decoder_row(i), w[i])
+        assert sae.label(i) == dic.load_concepts().concepts[i].label
+    # Zero encoder: no latent ever fires, which is what "not a trained SAE" means.
+    h = np.random.default_rng(0).standard_normal((3, 576)).astype(np.float32) * 100
+    assert not np.any(sae.encode(h, [0, 1, 2]))

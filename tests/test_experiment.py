@@ -135,7 +135,7 @@ def test_end_to_end_run_lands_complete_rows(e2e):
     (run,) = _rows(db, "SELECT * FROM runs WHERE id = ?", (run_id,))
     assert run["status"] == "success" and run["finished_utc"]
     assert len(run["model_sha256"]) == 64 and run["model_name"] == "smollm2-135m-instruct"
-    assert run["steering_layer"] == 10 and run["temperature"] == 0.6 and run["repetition_penalty"] == 1.1
+    assert run["steering_layer"] == 12 and run["temperature"] == 0.6 and run["repetition_penalty"] == 1.1
     assert run["max_tokens"] == 40 and run["judge_backend"] == "local" and run["llama_cpp_python_version"] == "0.3.36"
     assert run["sae_source"] == "shipped:smollm2-135m-concepts" and run["seed_base"] == 42
     latents = _rows(db, "SELECT * FROM latents WHERE run_id = ? ORDER BY latent", (run_id,))
