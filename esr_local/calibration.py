@@ -75,6 +75,7 @@ def calibrate_latent(
     store=None,
     cache_key: dict | None = None,
     on_step=None,
+    on_start=None,
 ) -> CalibrationOutcome:
     """Find the boost of one latent whose first-attempt judge score is near the target.
 
@@ -85,6 +86,8 @@ def calibrate_latent(
         if hit:
             return CalibrationOutcome(float(hit["boost"]), float(hit["achieved_score"] or 0), json.loads(hit["steps_json"] or "[]"),
                                       int(hit["id"]), cached=True)
+    if on_start is not None:
+        on_start()
     rng = random.Random(seed)
     sampling = SamplingParams(temperature=settings.temperature, max_tokens=settings.max_tokens,
                               repetition_penalty=settings.repetition_penalty)

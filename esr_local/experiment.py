@@ -427,10 +427,10 @@ class ExperimentRunner:
             else:
                 key = {"model_sha256": run["model_sha256"], "sae_source": run["sae_source"] or "", "latent": latent,
                        "layer": layer, "judge": judge_key, "settings_hash": cal.settings_hash()}
-                self.echo(f"calibrating latent {latent} ({labels[latent]}) ...")
                 try:
                     out = calibrate_latent(lm, judge, row, layer, labels[latent], prompts, cal,
-                                           seed=int(settings.seed) + latent, store=self.store, cache_key=key)
+                                           seed=int(settings.seed) + latent, store=self.store, cache_key=key,
+                                           on_start=lambda: self.echo(f"calibrating latent {latent} ({labels[latent]}) ..."))
                 except EsrError as exc:
                     self.store.upsert_latent(run_id, latent, label=labels[latent], row_norm=norm, boost=None,
                                              boost_source="calibrated", error=str(exc))
