@@ -50,8 +50,9 @@ def judge_options(f):
 @click.option("--calibration-samples", type=click.IntRange(1), default=None, help="Prompts averaged per bisection step (catalog default).")
 @click.option("--calibration-max-tokens", type=click.IntRange(1), default=256, show_default=True)
 @click.option("--seed", type=click.IntRange(0), default=None, help="Run seed (default random, recorded); trial seeds derive from it.")
-@click.option("--parallel", type=click.IntRange(1, 16), default=1, show_default=True,
-              help="Trials sharing a latent and boost decode as this many parallel sequences of one context.")
+@click.option("--parallel", type=click.IntRange(1, 16), default=2, show_default=True,
+              help="Trials sharing a latent and boost decode as this many parallel sequences of one context "
+                   "(2 measured 1.35x faster than 1 on 2 cores; 1 = one at a time).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary and metrics as JSON.")
 @judge_options
 @model_options
@@ -63,7 +64,7 @@ def run_cmd(db, latents, n_latents, sae, labels, layer, prompts_file, prompts_pe
             restart_gating, model, quant, catalog, n_ctx, threads, gpu_layers, chat_mode, **sampling):
     """Steer each latent at its calibrated boost on N prompts, judge every answer, log it all to SQLite."""
     store = open_store(db)
-    runner = ExperimentRunner(store, echo=lambda s: click.echo(s, err=True))
+    runner = ExperimentRunner(store, echo=lambda s: click.echo(s, err=True), progress=progress_printer())
     if resume_run:
         run_id = store.get_run(resume_run)["id"]
     else:
@@ -80,6 +81,8 @@ def run_cmd(db, latents, n_latents, sae, labels, layer, prompts_file, prompts_pe
         run_id = runner.create(settings, ["esr-local", *sys.argv[1:]])
         click.echo(f"run {run_id} created (resume with: esr-local run --resume {run_id})", err=True)
     summary = runner.execute(run_id)
+    if sys.stderr.isatty():
+        click.echo("", err=True)
     from esr_local.metrics import metrics_for_store
 
     rows = metrics_for_store(store, [run_id])
@@ -90,6 +93,13 @@ def run_cmd(db, latents, n_latents, sae, labels, layer, prompts_file, prompts_pe
     for r in rows:
         click.echo(f"  {r['condition']}: n={r['n']}  multi-attempt {_fmt(r['multi_attempt_rate'])}%  ESR {_fmt(r['esr_rate'])}%  "
                    f"mean first score {_fmt(r['mean_first_score'])}")
+
+
+def progress_printer():
+    """On a terminal, one progress line rewritten in place; otherwise one line per update (for logs)."""
+    if sys.stderr.isatty():
+        return lambda line: click.echo("\r" + line.ljust(78), err=True, nl=False)
+    return lambda line: click.echo(line, err=True)
 
 
 def _fmt(x):

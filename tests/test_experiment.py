@@ -221,6 +221,34 @@ def test_sigkill_mid_run_resumes_with_no_duplicate_and_no_missing_trial(tmp_path
     assert _rows(db, "SELECT COUNT(*) AS n FROM trials")[0]["n"] == 6
 
 
+def test_ctrl_c_marks_the_run_cancelled_and_keeps_finished_trials(tmp_path):
+    db = tmp_path / "int.db"
+    cmd = [sys.executable, "-m", "esr_local", "run", "--db", str(db), "--latent", "4", "--latent", "6", "--n-prompts", "3",
+           "--seed", "2", "--max-tokens", "24", "--n-ctx", "1024", "--boost", "2", "--parallel", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, n = time.time() + 240, 0
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            n = _rows(db, "SELECT COUNT(*) AS n FROM trials")[0]["n"] if db.exists() else 0
+        except sqlite3.OperationalError:
+            n = 0
+        if n >= 1:
+            break
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Interrupted" in err
+    (run,) = _rows(db, "SELECT id, status, error FROM runs")
+    assert run["status"] == "cancelled"
+    n = _rows(db, "SELECT COUNT(*) AS n FROM trials")[0]["n"]
+    assert 1 <= n < 6
+    assert _rows(db, "SELECT COUNT(*) AS n FROM trials t LEFT JOIN judgments j ON j.trial_id = t.id WHERE j.trial_id IS NULL")[0]["n"] == 0
+    _run(["--resume", run["id"]], db)
+    assert _rows(db, "SELECT COUNT(*) AS n FROM trials")[0]["n"] == 6
+
+
 def test_calibration_runs_bisection_and_is_cached(tmp_path):
     db = tmp_path / "cal.db"
     args = ["calibrate", "--db", str(db), "--latent", "2", "--steps", "2", "--max-tokens", "24", "--n-ctx", "1024", "--seed", "3", "--json"]
