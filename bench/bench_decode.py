@@ -45,6 +45,23 @@ def steering_overhead(m: SteeredModel, layer: int, vec: np.ndarray, tokens: int,
             "ratio_iqr": [float(np.percentile(ratios, 25)), float(np.percentile(ratios, 75))], "pairs": pairs, "tokens": tokens}
 
 
+def high_level_baseline(path, tokens: int, runs: int = 5) -> dict:
+    """llama-cpp-python's own loop (Llama.create_completion, greedy, repeat_penalty 1.1) on the same prompt,
+    for comparison with esr-local's decode loop. Timed end to end (prefill of a few tokens included)."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(path), n_ctx=1024, flash_attn=True, verbose=False)
+    llm.create_completion(PROMPTS[0], max_tokens=8, temperature=0.0)
+    speeds = []
+    for _ in range(runs):
+        llm.reset()
+        t = time.perf_counter()
+        out = llm.create_completion(PROMPTS[0], max_tokens=tokens, temperature=0.0, repeat_penalty=1.1)
+        speeds.append(out["usage"]["completion_tokens"] / (time.perf_counter() - t))
+    llm.close()
+    return {"create_completion_tok_s": statistics.median(speeds), "runs": runs}
+
+
 def parallel_throughput(path, layer: int, vec: np.ndarray, k: int, tokens: int, n_ctx: int) -> dict:
     sp = SamplingParams(temperature=0.6, max_tokens=tokens, repetition_penalty=1.1)
     prompts = (PROMPTS * ((k // len(PROMPTS)) + 1))[:k]
@@ -82,11 +99,14 @@ def main() -> None:
     res = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "llama_cpp": system_info()},
            "overhead": steering_overhead(m, a.layer, vec, a.tokens, a.pairs)}
     m.close()
+    res["high_level"] = high_level_baseline(a.model, a.tokens)
     res["parallel"] = [parallel_throughput(a.model, a.layer, vec, k, a.tokens * 2, 1024) for k in a.parallel]
     o = res["overhead"]
     print(f"decode, {o['tokens']} tokens, {o['pairs']} interleaved pairs: unsteered {o['unsteered_tok_s']:.1f} tok/s, "
           f"steered {o['steered_tok_s']:.1f} tok/s, steered/unsteered median pair ratio {o['steered_over_unsteered_median_pair_ratio']:.3f} "
           f"(IQR {o['ratio_iqr'][0]:.3f}-{o['ratio_iqr'][1]:.3f})")
+    print(f"llama-cpp-python's Llama.create_completion on the same prompt: {res['high_level']['create_completion_tok_s']:.1f} tok/s "
+          f"(median of {res['high_level']['runs']}, end to end)")
     for p in res["parallel"]:
         print(f"{p['k']} trials x up to {p['tokens']} tokens: one at a time {p['sequential_s']:.1f} s ({p['sequential_tok_s']:.1f} tok/s, "
               f"{p['sequential_trials_per_hour_gen_only']:.0f} trials/h), as {p['k']} parallel sequences {p['parallel_s']:.1f} s "

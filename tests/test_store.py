@@ -99,8 +99,8 @@ def test_get_run_by_prefix_and_errors(store):
     first = store.create_run({"experiment": "a"})
     second = store.create_run({"experiment": "b"})
     assert store.get_run(first)["experiment"] == "a"
-    assert store.get_run(second[:-1])["experiment"] == "b"  # a unique prefix
     common = next(i for i in range(26) if first[i] != second[i])
+    assert store.get_run(second[: common + 1])["experiment"] == "b"  # the shortest unique prefix
     with pytest.raises(UserInputError, match="matches 2 runs"):
         store.get_run(first[:common])
     with pytest.raises(MissingResourceError, match="esr-local runs"):
