@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserInputError
+from ..errors import FormatError, UserInputError
 from ..layers import layer_from_hook
 from .labels import load_labels
 from .tensors import Tensor
@@ -29,6 +29,16 @@ class SaeInfo:
     model_name: str | None
     dtype: str  # on-disk dtype of the decoder
     neuronpedia_id: str | None = None  # "model/source" when the file names it (SAELens v6 metadata)
+
+
+def check_shapes(where: str, expected: dict) -> None:
+    """FormatError for the first present tensor whose shape is not the one the decoder implies.
+
+    `expected` maps a tensor name to (tensor or None, shape); None (an optional tensor that is absent) passes.
+    """
+    for name, (tensor, shape) in expected.items():
+        if tensor is not None and tuple(tensor.shape) != tuple(shape):
+            raise FormatError(f"{where}: {name} has shape {list(tensor.shape)}, expected {list(shape)}")
 
 
 def layer_or_none(hook: str | None) -> int | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FormatError
-from .base import LinearSae, SaeInfo, layer_or_none
+from .base import LinearSae, SaeInfo, check_shapes, layer_or_none
 from .tensors import Tensor, open_safetensors
 
 WEIGHTS, CONFIG = "params.safetensors", "config.json"
@@ -53,10 +53,8 @@ def open_gemmascope2(folder: Path, *, source: str, labels: Path | None) -> Gemma
     if len(w_dec.shape) != 2:
         raise FormatError(f"{folder / WEIGHTS}: w_dec has shape {list(w_dec.shape)}, expected [width, d_model]")
     d_sae, d_model = w_dec.shape
-    checks = [("w_enc", w_enc, (d_model, d_sae)), ("b_enc", b_enc, (d_sae,)), ("b_dec", b_dec, (d_model,)), ("threshold", threshold, (d_sae,))]
-    for name, t, shape in checks:
-        if t is not None and t.shape != shape:
-            raise FormatError(f"{folder / WEIGHTS}: {name} has shape {list(t.shape)}, expected {list(shape)}")
+    check_shapes(str(folder / WEIGHTS), {"w_enc": (w_enc, (d_model, d_sae)), "b_enc": (b_enc, (d_sae,)),
+                                         "b_dec": (b_dec, (d_model,)), "threshold": (threshold, (d_sae,))})
     width = cfg.get("width")
     if width is not None and int(width) != d_sae:
         raise FormatError(f"{folder / CONFIG} says width {width} but w_dec has {d_sae} rows")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FormatError
-from .base import LinearSae, SaeInfo, layer_or_none
+from .base import LinearSae, SaeInfo, check_shapes, layer_or_none
 from .gemmascope2 import read_json_config
 from .tensors import open_safetensors
 
@@ -98,10 +98,8 @@ def open_saelens(folder: Path, *, source: str, labels: Path | None) -> SaeLensSa
     for key, want in (("d_in", d_model), ("d_sae", d_sae)):
         if cfg.get(key) is not None and int(cfg[key]) != want:
             raise FormatError(f"{folder / CONFIG} says {key}={cfg[key]} but W_dec has shape {list(w_dec.shape)}")
-    checks = [("W_enc", (d_model, d_sae)), ("b_enc", (d_sae,)), ("b_dec", (d_model,)), ("threshold", (d_sae,))]
-    for name, shape in checks:
-        if name in tensors and tensors[name].shape != shape:
-            raise FormatError(f"{folder / WEIGHTS}: {name} has shape {list(tensors[name].shape)}, expected {list(shape)}")
+    check_shapes(str(folder / WEIGHTS), {name: (tensors.get(name), shape) for name, shape in
+                                         (("W_enc", (d_model, d_sae)), ("b_enc", (d_sae,)), ("b_dec", (d_model,)), ("threshold", (d_sae,)))})
     hook, model, np_id, activation = _describe(cfg)
     info = SaeInfo(
         family="saelens",
