@@ -9,7 +9,7 @@ import click
 
 from esr_local.experiment import ExperimentRunner, ExperimentSettings
 
-from .common import model_options
+from .common import calibration_options, model_options
 from .options import db_option, open_store
 from .run import judge_options
 
@@ -24,12 +24,11 @@ from .run import judge_options
 @click.option("--steps", "calibration_steps", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--samples", "calibration_samples", type=click.IntRange(1), default=None, help="Prompts averaged per step.")
 @click.option("--max-tokens", "calibration_max_tokens", type=click.IntRange(1), default=256, show_default=True)
-@click.option("--lower", "boost_lower", type=float, default=None, help="Boost bounds and Gaussian prior (catalog defaults).")
-@click.option("--upper", "boost_upper", type=float, default=None)
-@click.option("--prior-mean", "boost_prior_mean", type=float, default=None)
-@click.option("--prior-std", "boost_prior_std", type=float, default=None)
 @click.option("--seed", type=click.IntRange(0), default=None)
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--temperature", "-t", type=float, default=None, help="Sampling temperature (paper: 0.6).")
+@click.option("--repetition-penalty", type=float, default=None, help="Repetition penalty over the whole context (paper: 1.1).")
+@calibration_options
 @judge_options
 @model_options
 @db_option

@@ -6,7 +6,7 @@ import functools
 
 import click
 
-from esr_local.engine import SamplingParams
+from esr_local.engine import SamplingParams, resolve_sampling
 
 
 def model_options(f):
@@ -47,17 +47,21 @@ def sampling_options(defaults: SamplingParams = SamplingParams()):
     return deco
 
 
-def build_sampling(kw: dict, entry=None, *, max_tokens: int | None = None) -> SamplingParams:
+def build_sampling(kw: dict, entry=None) -> SamplingParams:
     """SamplingParams from the options, falling back to the catalog entry's defaults, then the paper's."""
-    d = entry.defaults if entry is not None else None
-    return SamplingParams(
-        temperature=kw["temperature"] if kw["temperature"] is not None else (d.temperature if d else 0.6),
-        max_tokens=kw["max_tokens"] or max_tokens or (d.max_tokens if d else 512),
-        repetition_penalty=kw["repetition_penalty"] if kw["repetition_penalty"] is not None else (d.repetition_penalty if d else 1.1),
-        top_k=kw["top_k"],
-        top_p=kw["top_p"],
-        min_p=kw["min_p"],
-    ).validate()
+    return resolve_sampling(entry.defaults if entry is not None else None, **{k: kw[k] for k in SAMPLING_KEYS})
+
+
+SAMPLING_KEYS = ("temperature", "max_tokens", "repetition_penalty", "top_k", "top_p", "min_p")
+
+
+def calibration_options(f):
+    """--lower/--upper/--prior-mean/--prior-std (catalog defaults) shared by `run` and `calibrate`."""
+    f = click.option("--prior-std", "boost_prior_std", type=float, default=None, callback=finite_float, help="Gaussian prior sd.")(f)
+    f = click.option("--prior-mean", "boost_prior_mean", type=float, default=None, callback=finite_float, help="Gaussian prior mean.")(f)
+    f = click.option("--upper", "boost_upper", type=float, default=None, callback=finite_float, help="Upper boost bound (catalog default).")(f)
+    f = click.option("--lower", "boost_lower", type=float, default=None, callback=finite_float, help="Lower boost bound (catalog default).")(f)
+    return f
 
 
 def finite_float(ctx, param, value):

@@ -9,7 +9,7 @@ import click
 
 from esr_local.experiment import ExperimentRunner, ExperimentSettings
 
-from .common import finite_float, model_options, sampling_options
+from .common import calibration_options, finite_float, model_options, sampling_options
 from .options import db_option, open_store
 
 
@@ -40,7 +40,8 @@ def judge_options(f):
 @click.option("--condition", "conditions", multiple=True,
               help="steered (default), baseline (no steering; the judge still sees the label), meta:<id> (repeatable).")
 @click.option("--meta-prompt", "meta_prompts", multiple=True,
-              help="Shorthand for --condition meta:<id>: dont_get_distracted, ignore_latent_label, self_monitor, resist_manipulation, or yours.")
+              help="Shorthand for --condition meta:<id>: dont_get_distracted, ignore_latent_label, self_monitor, "
+                   "resist_manipulation, an id from --meta-prompts-file, or a sentence in quotes ({label} = the latent's label).")
 @click.option("--meta-prompts-file", default=None, type=click.Path(), help="TOML file of extra meta-prompt templates (id = \"text {label}\").")
 @click.option("--sweep-levels", type=click.IntRange(0), default=0, help="Add a boost sweep: N levels from mean-3sd to mean+3sd of the calibrated boosts.")
 @click.option("--replay", "replay_run", default=None, help="Reuse an earlier run's latents, boosts, prompts and seeds with new conditions.")
@@ -54,6 +55,7 @@ def judge_options(f):
               help="Trials sharing a latent and boost decode as this many parallel sequences of one context "
                    "(2 measured 1.35x faster than 1 on 2 cores; 1 = one at a time).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary and metrics as JSON.")
+@calibration_options
 @judge_options
 @model_options
 @sampling_options()
@@ -61,7 +63,8 @@ def judge_options(f):
 def run_cmd(db, latents, n_latents, sae, labels, layer, prompts_file, prompts_per_latent, replicates, boost, conditions,
             meta_prompts, meta_prompts_file, sweep_levels, replay_run, resume_run, target_score, calibration_steps,
             calibration_samples, calibration_max_tokens, seed, parallel, as_json, judge, judge_model_path, judge_base_url,
-            restart_gating, model, quant, catalog, n_ctx, threads, gpu_layers, chat_mode, **sampling):
+            restart_gating, model, quant, catalog, n_ctx, threads, gpu_layers, chat_mode, boost_lower, boost_upper,
+            boost_prior_mean, boost_prior_std, **sampling):
     """Steer each latent at its calibrated boost on N prompts, judge every answer, log it all to SQLite."""
     store = open_store(db)
     runner = ExperimentRunner(store, echo=lambda s: click.echo(s, err=True), progress=progress_printer())
@@ -76,7 +79,8 @@ def run_cmd(db, latents, n_latents, sae, labels, layer, prompts_file, prompts_pe
             judge=judge, judge_model_path=judge_model_path, judge_base_url=judge_base_url, restart_gating=restart_gating,
             target_score=target_score, calibration_steps=calibration_steps, calibration_samples=calibration_samples,
             calibration_max_tokens=calibration_max_tokens, seed=seed, n_ctx=n_ctx, threads=threads, gpu_layers=gpu_layers,
-            chat_mode=chat_mode, parallel=parallel, replay_run=replay_run, **sampling,
+            chat_mode=chat_mode, parallel=parallel, replay_run=replay_run, boost_lower=boost_lower, boost_upper=boost_upper,
+            boost_prior_mean=boost_prior_mean, boost_prior_std=boost_prior_std, **sampling,
         )
         run_id = runner.create(settings, ["esr-local", *sys.argv[1:]])
         click.echo(f"run {run_id} created (resume with: esr-local run --resume {run_id})", err=True)

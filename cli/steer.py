@@ -12,6 +12,7 @@ from esr_local.engine import SteeredModel
 from esr_local.model_files import resolve_model
 from esr_local.steering import (
     choose_layer,
+    effective_chat_mode,
     open_sae,
     pair_terms,
     sae_display_source,
@@ -47,7 +48,8 @@ def steer_cmd(latents, scales, sae, labels, layer, vector_file, prompt, seed, co
     entry = resolved.entry
     sampling = build_sampling(sampling_kw, entry)
     seed = seed if seed is not None else random.randint(0, 1_000_000)
-    lm = SteeredModel(resolved.path, n_ctx=n_ctx, n_threads=threads, n_gpu_layers=gpu_layers, chat_mode=chat_mode)
+    lm = SteeredModel(resolved.path, n_ctx=n_ctx, n_threads=threads, n_gpu_layers=gpu_layers,
+                      chat_mode=effective_chat_mode(chat_mode, entry))
     if vector_file:
         if latents or sae:
             raise click.UsageError("--vector cannot be combined with --latent/--sae")

@@ -9,10 +9,9 @@ import click
 
 from esr_local.catalog import get_entry
 from esr_local.errors import UserInputError
-from esr_local.layers import check_steerable
 from esr_local.paths import default_vector_out_dir
-from esr_local.steering import open_sae, pair_terms, sae_display_source
-from esr_local.vectors import describe, from_sae, read_gguf, write_gguf
+from esr_local.steering import choose_layer, open_sae, pair_terms, sae_display_source, vector_for_terms
+from esr_local.vectors import describe, read_gguf, write_gguf
 
 from .common import finite_float
 
@@ -39,23 +38,13 @@ def vector_export(sae, model, latents, scales, layer, labels, model_hint, output
     if not sae and not entry:
         raise click.UsageError("give --sae or --model (whose catalog SAE is used)")
     sae_obj = open_sae(sae, entry, labels)
-    if layer is None:
-        layer = entry.sae.steering_layer if entry and entry.sae.steering_layer is not None else sae_obj.info.layer
-    if layer is None:
-        raise UserInputError("no layer known for this SAE; pass --layer N")
-    n_layer = entry.n_layer if entry else None
-    if n_layer:
-        check_steerable(int(layer), n_layer)
-    elif int(layer) < 1:
-        check_steerable(int(layer), 1 << 30)
-    if entry and sae_obj.d_model != entry.d_model:
-        raise UserInputError(f"the SAE's d_model is {sae_obj.d_model} but {entry.name} has {entry.d_model}; use an SAE for this model")
+    # Without a model the SAE itself sets the width and any layer >= 1 is accepted.
+    n_layer = entry.n_layer if entry else 1 << 30
+    layer = choose_layer(layer, entry, sae_obj, n_layer)
     terms = pair_terms(tuple(latents), tuple(scales), 1.0)
-    for t in terms:
-        if not 0 <= t.latent < sae_obj.d_sae:
-            raise UserInputError(f"latent {t.latent} is out of range: this SAE has latents 0 to {sae_obj.d_sae - 1}")
     hint = model_hint or (entry.architecture if entry else "")
-    cv = from_sae(sae_obj, terms, int(layer), hint)
+    cv = vector_for_terms(sae_obj, terms, layer, hint, entry.d_model if entry else sae_obj.d_model,
+                          entry.name if entry else "the SAE")
     cv.provenance["sae_source"] = sae_display_source(sae, entry)
     if entry:
         cv.provenance["model"] = entry.name

@@ -16,7 +16,7 @@ import numpy as np
 
 from .bisection import bisect_boost
 from .engine import SamplingParams, SteeredModel
-from .errors import BackendError
+from .errors import BackendError, UserInputError
 
 
 @dataclass(frozen=True)
@@ -34,9 +34,21 @@ class CalibrationSettings:
     max_tokens: int = 256
     temperature: float = 0.6
     repetition_penalty: float = 1.1
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
     chat_mode: str = "chat"
+    prompts_sha256: str = ""
     rubric_version: str = ""
     restart_gating: bool = False
+
+    def check(self) -> None:
+        """Reject impossible settings once, before any latent is calibrated."""
+        from .bisection import _check_settings
+
+        _check_settings(self.target, self.lower, self.upper, self.prior_std, self.n_steps, self.update_weight, 10_000)
+        if self.samples_per_step < 1 or self.max_tokens < 1:
+            raise UserInputError("calibration needs at least 1 sample per step and 1 token")
 
     def settings_hash(self) -> str:
         """Stable hash of these settings (part of the cache key)."""
@@ -90,7 +102,8 @@ def calibrate_latent(
         on_start()
     rng = random.Random(seed)
     sampling = SamplingParams(temperature=settings.temperature, max_tokens=settings.max_tokens,
-                              repetition_penalty=settings.repetition_penalty)
+                              repetition_penalty=settings.repetition_penalty, top_k=settings.top_k,
+                              top_p=settings.top_p, min_p=settings.min_p)
 
     def score(boost: float) -> float:
         lm.set_directions({layer: row * np.float32(boost)} if boost != 0 else None)

@@ -14,7 +14,6 @@ import csv
 import hashlib
 import io
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -24,10 +23,7 @@ import llama_cpp
 import numpy as np
 from safetensors.numpy import save_file
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10 needs the tomli backport
-    import tomli as tomllib
+import tomllib
 
 from . import __version__
 from .errors import FormatError, MissingResourceError, UserInputError

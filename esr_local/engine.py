@@ -54,6 +54,20 @@ class SamplingParams:
         return self
 
 
+def resolve_sampling(defaults=None, *, temperature: float | None = None, max_tokens: int | None = None,
+                     repetition_penalty: float | None = None, top_k: int = 0, top_p: float = 1.0,
+                     min_p: float = 0.0) -> SamplingParams:
+    """Options given by the user win; then the catalog entry's defaults (`PaperDefaults`); then the paper's."""
+    paper = SamplingParams()
+    d = defaults or paper
+    return SamplingParams(
+        temperature=temperature if temperature is not None else d.temperature,
+        max_tokens=max_tokens or d.max_tokens,
+        repetition_penalty=repetition_penalty if repetition_penalty is not None else d.repetition_penalty,
+        top_k=top_k, top_p=top_p, min_p=min_p,
+    ).validate()
+
+
 def _make_sampler(params: SamplingParams, seed: int, n_ctx: int, n_vocab: int):
     """A llama.cpp sampler chain: penalties -> [top-k] -> [top-p] -> [min-p] -> temperature -> draw."""
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
@@ -89,8 +103,8 @@ class Generation:
     completion_tokens: int
     stop_reason: str  # "eos" | "length"
     seed: int
-    prefill_ms: float
-    generation_ms: float
+    prefill_ms: float  # this sequence's own prompt decode
+    generation_ms: float  # from the end of all prefills to this sequence's last token (shared steps)
     token_ids: list[int] = field(default_factory=list, repr=False)
 
     @property
@@ -213,8 +227,11 @@ class SteeredModel:
 
     def set_directions(self, directions: Mapping[int, np.ndarray] | None) -> None:
         """Steer with `{layer: vector}` (summed per layer), or clear with None / {}; drops the KV cache."""
+        new = {int(k): np.asarray(v, np.float32) for k, v in (directions or {}).items()}
+        if new.keys() == self.directions.keys() and all(np.array_equal(new[k], self.directions[k]) for k in new):
+            return  # same vector: nothing to re-apply (every generation starts from an empty KV cache anyway)
         apply_to_context(self._ctx, directions, self.n_layer, self.n_embd)
-        self.directions = {int(k): np.asarray(v, np.float32) for k, v in (directions or {}).items()}
+        self.directions = new
         self._clear_memory()
 
     def clear(self) -> None:
@@ -325,9 +342,10 @@ class SteeredModel:
         k = len(prompts)
         n_batch = self._n_batch
         # Prefill: each sequence's prompt in chunks; remember the batch row of its last token.
-        t0 = time.perf_counter()
         logit_row: list[int] = [0] * k
+        prefill_ms = [0.0] * k
         for seq, toks in enumerate(prompts):
+            ts = time.perf_counter()
             for smpl_tok in toks:  # the penalty covers the prompt too
                 llama_cpp.llama_sampler_accept(samplers[seq], smpl_tok)
             for start in range(0, len(toks), n_batch):
@@ -339,7 +357,9 @@ class SteeredModel:
                     logit_row[seq] = len(chunk) - 1
                     first = llama_cpp.llama_sampler_sample(samplers[seq], self._ctx, logit_row[seq])
                     prompts[seq] = (toks, first)
+            prefill_ms[seq] = (time.perf_counter() - ts) * 1000
         t1 = time.perf_counter()
+        finished_at = [t1] * k  # when each sequence stopped (they share each decode step's time)
         out: list[list[int]] = [[] for _ in range(k)]
         done = [False] * k
         stop = ["length"] * k
@@ -354,6 +374,7 @@ class SteeredModel:
                 tok = pending[seq]
                 if llama_cpp.llama_vocab_is_eog(self.vocab, tok):
                     done[seq], stop[seq] = True, "eos"
+                    finished_at[seq] = time.perf_counter()
                     continue
                 out[seq].append(tok)
                 if seq == 0 and on_text is not None:
@@ -361,6 +382,7 @@ class SteeredModel:
                     on_text(decoders[0].decode(piece))
                 if len(out[seq]) >= sampling.max_tokens:
                     done[seq] = True
+                    finished_at[seq] = time.perf_counter()
                     continue
                 rows.append((tok, pos[seq], seq, True))
                 pos[seq] += 1
@@ -369,7 +391,6 @@ class SteeredModel:
             self._fill(rows)
             for i, (_, _, seq, _) in enumerate(rows):
                 pending[seq] = llama_cpp.llama_sampler_sample(samplers[seq], self._ctx, i)
-        t2 = time.perf_counter()
         if on_text is not None:
             on_text(decoders[0].decode(b"", final=True))
         gens = []
@@ -383,8 +404,8 @@ class SteeredModel:
                     completion_tokens=len(out[seq]),
                     stop_reason=stop[seq],
                     seed=int(seeds[seq]),
-                    prefill_ms=(t1 - t0) * 1000,
-                    generation_ms=(t2 - t1) * 1000,
+                    prefill_ms=prefill_ms[seq],
+                    generation_ms=(finished_at[seq] - t1) * 1000,
                     token_ids=out[seq],
                 )
             )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import shlex
 import sys
@@ -23,12 +24,13 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 from .calibration import CalibrationSettings, calibrate_latent
-from .engine import SamplingParams, SteeredModel, system_info
+from .engine import SamplingParams, SteeredModel, resolve_sampling, system_info
 from .errors import EsrError, UserInputError
 from .model_files import file_sha256, resolve_model
-from .prompts import apply_meta_prompt, load_meta_prompts, load_prompts
+from .prompts import apply_meta_prompt, load_prompts, resolve_meta_prompt
 from .provenance import machine, versions
-from .steering import check_sae_fits, choose_layer, open_sae, resolve_sae_source, sae_display_source
+from .steering import check_sae_fits, choose_layer, effective_chat_mode, open_sae, sae_display_source
+from .store import DuplicateTrialError
 
 
 @dataclass
@@ -118,6 +120,9 @@ def sweep_levels(boosts: list[float], n_levels: int) -> list[float]:
     if not boosts:
         raise UserInputError("a boost sweep needs at least one calibrated latent")
     mean, sd = float(np.mean(boosts)), float(np.std(boosts))
+    if sd == 0:
+        raise UserInputError("every latent has the same boost (sd 0), so a sweep of mean +- 3 sd would repeat one level; "
+                             "calibrate several latents (no --boost) for a sweep")
     return [round(max(0.0, float(x)), 4) for x in np.linspace(mean - 3 * sd, mean + 3 * sd, n_levels)]
 
 
@@ -143,12 +148,12 @@ def condition_boost(condition: str, latent_boost: float, levels: list[float]) ->
 def check_conditions(conditions: list[str], meta: dict[str, str]) -> None:
     """Reject unknown condition names early."""
     for c in conditions:
-        if c in ("steered", "baseline") or c.startswith("sweep:"):
+        if c in ("steered", "baseline"):
             continue
         if c.startswith("meta:") and c[5:] in meta:
             continue
         raise UserInputError(
-            f"unknown condition {c!r}; use steered, baseline, meta:<id> (ids: {', '.join(sorted(meta))}) or --sweep-levels"
+            f"unknown condition {c!r}; use steered, baseline or meta:<id> (a boost sweep comes from --sweep-levels N)"
         )
 
 
@@ -222,33 +227,47 @@ class ExperimentRunner:
     # -- creating runs ----------------------------------------------------------------------------------
 
     def create(self, settings: ExperimentSettings, command_line: list[str] | None = None) -> str:
-        """Validate settings, resolve everything they name, and store a new run (status `started`)."""
+        """Validate settings, resolve everything they name, and store a new run (status `started`).
+
+        Everything a resume needs is frozen here: absolute paths, the prompt texts, the resolved sampling
+        and calibration settings, meta-prompt templates and, for a replay, the source's trials and boosts.
+        """
+        replay = None
         if settings.replay_run:
-            src = self.store.get_run(settings.replay_run)
-            base = ExperimentSettings.from_dict(json.loads(src["settings_json"]))
-            # Replay keeps the source's model, SAE, layer, latents, prompts, seeds and sampling; the new
-            # run only changes conditions (and the judge, if given).
-            base.conditions = settings.conditions
-            base.meta_prompts_file = settings.meta_prompts_file or base.meta_prompts_file
-            base.sweep_levels = 0
-            base.replay_run = src["id"]
-            base.judge, base.judge_model_path, base.judge_base_url = settings.judge, settings.judge_model_path, settings.judge_base_url
-            base.restart_gating = settings.restart_gating
-            base.parallel, base.threads, base.gpu_layers = settings.parallel, settings.threads, settings.gpu_layers
-            settings = base
-        meta = load_meta_prompts(settings.meta_prompts_file)
+            settings, replay = self._replay_base(settings)
+        _absolutize(settings)
+        meta: dict[str, str] = {}
+        conditions = []
+        for c in settings.conditions:
+            if c.startswith("meta:"):
+                mp = resolve_meta_prompt(c[5:], settings.meta_prompts_file)
+                meta[mp.id], c = mp.template, f"meta:{mp.id}"
+            conditions.append(c)
+        settings.conditions = list(dict.fromkeys(conditions))  # a condition named twice runs once
         check_conditions(settings.conditions, meta)
         if settings.sweep_levels < 0 or settings.prompts_per_latent < 1 or settings.replicates < 1 or settings.parallel < 1:
             raise UserInputError("prompts per latent, replicates and parallel must be >= 1; sweep levels >= 0")
+        if settings.sweep_levels == 1:
+            raise UserInputError("a boost sweep needs at least 2 levels")
         resolved = resolve_model(settings.model, settings.quant, settings.catalog)
         entry = resolved.entry
         prompt_set = load_prompts(settings.prompts_file)
+        if replay is None and settings.prompts_per_latent > len(prompt_set.prompts):
+            raise UserInputError(f"--n-prompts {settings.prompts_per_latent} exceeds the {len(prompt_set.prompts)} prompts "
+                                 f"in {prompt_set.path}")
         if settings.seed is None:
             settings.seed = random.randint(0, 2**31 - 1)
-        sampling = self._sampling(settings, entry)
+        sampling = resolve_sampling(entry.defaults if entry else None, temperature=settings.temperature,
+                                    max_tokens=settings.max_tokens, repetition_penalty=settings.repetition_penalty,
+                                    top_k=settings.top_k, top_p=settings.top_p, min_p=settings.min_p)
+        calibration = self._calibration_settings(settings, entry, sampling, prompt_set.sha256)
+        if replay is None and settings.boost is None and (settings.sweep_levels or any(c != "baseline" for c in settings.conditions)):
+            calibration.check()
+        _check_judge_spec(settings)
+        chat_mode = effective_chat_mode(settings.chat_mode, entry)
         run_settings = asdict(settings)
-        run_settings["prompts"] = prompt_set.prompts
-        run_settings["meta_prompts"] = {c[5:]: meta[c[5:]] for c in settings.conditions if c.startswith("meta:")}
+        run_settings.update(prompts=prompt_set.prompts, meta_prompts=meta, sampling=asdict(sampling),
+                            calibration=asdict(calibration), replay=replay)
         row = {
             **run_settings,  # first: the resolved values below win over the raw options
             "experiment": "calibrate" if settings.calibrate_only else ("replay" if settings.replay_run else "esr"),
@@ -260,19 +279,11 @@ class ExperimentRunner:
             "model_path": str(resolved.path),
             "model_sha256": file_sha256(resolved.path),
             "sae_source": sae_display_source(settings.sae, entry),
-            "sae_family": entry.sae.family if entry and not settings.sae else None,
             "feature_layer": entry.sae.feature_layer if entry else None,
-            "steering_layer": settings.layer if settings.layer is not None else (entry.sae.steering_layer if entry else None),
-            "chat_template_mode": settings.chat_mode,
-            "temperature": sampling.temperature,
-            "max_tokens": sampling.max_tokens,
-            "repetition_penalty": sampling.repetition_penalty,
-            "top_k": sampling.top_k,
-            "top_p": sampling.top_p,
-            "min_p": sampling.min_p,
+            "chat_template_mode": chat_mode,
+            **{k: getattr(sampling, k) for k in ("temperature", "max_tokens", "repetition_penalty", "top_k", "top_p", "min_p")},
             "n_ctx": settings.n_ctx,
             "judge_backend": settings.judge.split(":", 1)[0],
-            "judge_model": settings.judge.split(":", 1)[1] if ":" in settings.judge else settings.judge_model_path,
             "restart_gating": int(settings.restart_gating),
             "prompts_file": prompt_set.path,
             "prompts_sha256": prompt_set.sha256,
@@ -285,15 +296,43 @@ class ExperimentRunner:
         }
         return self.store.create_run(row)
 
+    def _replay_base(self, settings: ExperimentSettings) -> tuple[ExperimentSettings, dict]:
+        """The source run's settings with this run's conditions and judge, plus a frozen copy of the
+        source's trials (latent, prompt, replicate, seed) and boosts."""
+        src = self.store.get_run(settings.replay_run)
+        if src["experiment"] not in ("esr", "replay"):
+            raise UserInputError(f"run {src['id']} is a {src['experiment']} run; only esr-local experiment runs can be replayed")
+        if src["status"] != "success":
+            raise UserInputError(f"run {src['id']} is {src['status']}; finish it first (esr-local run --resume {src['id']})")
+        base = ExperimentSettings.from_dict(json.loads(src["settings_json"]))
+        base.conditions = settings.conditions
+        base.meta_prompts_file = settings.meta_prompts_file or base.meta_prompts_file
+        base.sweep_levels = 0
+        base.replay_run = src["id"]
+        base.judge, base.judge_model_path, base.judge_base_url = settings.judge, settings.judge_model_path, settings.judge_base_url
+        base.restart_gating = settings.restart_gating
+        base.parallel, base.threads, base.gpu_layers = settings.parallel, settings.threads, settings.gpu_layers
+        rows = self._replay_rows(src["id"])
+        boosts = {r["latent"]: r["boost"] for r in self.store.latents(src["id"]) if r["boost"] is not None and not r.get("error")}
+        sources = {r["latent"]: r["boost_source"] for r in self.store.latents(src["id"])}
+        if any(c != "baseline" for c in base.conditions) and boosts and all(sources.get(k) == "none" for k in boosts):
+            raise UserInputError(f"run {src['id']} never steered (baseline only), so it has no boosts to replay steered conditions with")
+        return base, {"rows": rows, "boosts": {str(k): v for k, v in boosts.items()}}
+
     @staticmethod
-    def _sampling(settings: ExperimentSettings, entry) -> SamplingParams:
+    def _calibration_settings(settings: ExperimentSettings, entry, sampling: SamplingParams, prompts_sha256: str) -> CalibrationSettings:
         d = entry.defaults if entry else None
-        return SamplingParams(
-            temperature=settings.temperature if settings.temperature is not None else (d.temperature if d else 0.6),
-            max_tokens=settings.max_tokens or (d.max_tokens if d else 512),
-            repetition_penalty=settings.repetition_penalty if settings.repetition_penalty is not None else (d.repetition_penalty if d else 1.1),
-            top_k=settings.top_k, top_p=settings.top_p, min_p=settings.min_p,
-        ).validate()
+        return CalibrationSettings(
+            target=settings.target_score, n_steps=settings.calibration_steps,
+            samples_per_step=settings.calibration_samples or (d.calibration_samples_per_step if d else 1),
+            lower=_pick(settings.boost_lower, d and d.boost_lower, 0.0), upper=_pick(settings.boost_upper, d and d.boost_upper, 10.0),
+            prior_mean=_pick(settings.boost_prior_mean, d and d.boost_prior_mean, 5.0),
+            prior_std=_pick(settings.boost_prior_std, d and d.boost_prior_std, 2.5),
+            max_tokens=settings.calibration_max_tokens, temperature=sampling.temperature,
+            repetition_penalty=sampling.repetition_penalty, top_k=sampling.top_k, top_p=sampling.top_p, min_p=sampling.min_p,
+            chat_mode=effective_chat_mode(settings.chat_mode, entry), prompts_sha256=prompts_sha256,
+            restart_gating=settings.restart_gating,
+        )
 
     # -- executing --------------------------------------------------------------------------------------
 
@@ -301,13 +340,12 @@ class ExperimentRunner:
         """Run (or continue) every missing trial of a run. Returns a summary dict."""
         run = self.store.get_run(run_id)
         run_id = run["id"]
+        if run["experiment"] not in ("esr", "replay", "calibrate"):
+            raise UserInputError(f"run {run_id} is a {run['experiment']} run; only esr-local runs can be resumed")
         stored = json.loads(run["settings_json"])
-        settings = ExperimentSettings.from_dict(stored)
-        prompts: list[str] = stored["prompts"]
-        meta = dict(stored.get("meta_prompts") or {})
         self.store.set_run_status(run_id, "started")
         try:
-            summary = self._execute(run, settings, prompts, meta)
+            summary = self._execute(run, stored)
         except KeyboardInterrupt:
             self.store.set_run_status(run_id, "cancelled", "interrupted (Ctrl-C); resume with --resume")
             raise
@@ -320,25 +358,36 @@ class ExperimentRunner:
         self.store.set_run_status(run_id, "success")
         return summary
 
-    def _execute(self, run: dict, settings: ExperimentSettings, prompts: list[str], meta: dict[str, str]) -> dict:
+    def _execute(self, run: dict, stored: dict) -> dict:
         from .judge import make_judge
 
+        settings = ExperimentSettings.from_dict(stored)
+        prompts: list[str] = stored["prompts"]
+        meta = dict(stored.get("meta_prompts") or {})
+        sampling = SamplingParams(**stored["sampling"])  # frozen at creation: a resume samples the same way
         run_id = run["id"]
         resolved = resolve_model(run["model_path"])  # the exact file recorded at creation
         if file_sha256(resolved.path) != run["model_sha256"]:
             raise UserInputError(f"the model file {resolved.path} changed since the run started (sha256 differs); start a new run")
         entry = _catalog_entry(settings.model, settings.catalog) or resolved.entry
         lm = SteeredModel(resolved.path, n_ctx=settings.n_ctx, n_seq=settings.parallel, n_threads=settings.threads,
-                          n_gpu_layers=settings.gpu_layers, chat_mode=settings.chat_mode)
+                          n_gpu_layers=settings.gpu_layers, chat_mode=run["chat_template_mode"] or "auto")
+        judge = None
         try:
             sae = open_sae(settings.sae, entry, settings.labels)
             check_sae_fits(sae, lm.n_embd, resolved.name)
             layer = choose_layer(settings.layer, entry, sae, lm.n_layer)
             judge = make_judge(settings.judge, model_path=settings.judge_model_path, base_url=settings.judge_base_url,
                                restart_gating=settings.restart_gating, n_threads=settings.threads)
-            latents = self._latent_ids(settings, sae, run)
-            replay = self._replay_rows(settings) if settings.replay_run else None
-            boosts, labels, rows = self._boosts(run, settings, entry, lm, sae, judge, layer, latents, prompts, replay)
+            jd = judge.describe()
+            self.store.update_run(run_id, {"steering_layer": layer, "sae_family": sae.info.family, "judge_model": jd.get("model"),
+                                           "rubric_version": jd.get("rubric_version")})
+            replay = stored.get("replay")
+            latents = sorted({r["latent"] for r in replay["rows"]}) if replay else self._latent_ids(settings, sae)
+            boosts, labels, rows = self._boosts(run, stored, lm, sae, judge, layer, latents, prompts)
+            if not boosts:
+                raise UserInputError("no latent has a boost (every calibration failed; see the latents table); "
+                                     "fix the judge or pass --boost, then resume")
             if settings.calibrate_only:
                 return {"run_id": run_id, "layer": layer, "boosts": boosts, "labels": {k: labels[k] for k in boosts}}
             levels = []
@@ -347,10 +396,10 @@ class ExperimentRunner:
                 # sweep trial records its level in `boost`.
                 levels = sweep_levels(list(boosts.values()), settings.sweep_levels)
                 self.echo(f"boost sweep levels: {', '.join(f'{x:g}' for x in levels)}")
-            plan = plan_trials(settings, int(settings.seed), latents, labels, boosts, prompts, levels, meta, replay)
+            plan = plan_trials(settings, int(settings.seed), latents, labels, boosts, prompts, levels, meta,
+                               replay["rows"] if replay else None)
             done = self.store.finished_trial_keys(run_id)
             pending = [t for t in plan if (t.condition, t.latent, t.prompt_index, t.replicate) not in done]
-            sampling = self._sampling(settings, entry)
             self.echo(f"run {run_id}: {len(plan)} trials ({len(plan) - len(pending)} already done), "
                       f"{len(boosts)} latents at layer {layer}, judge {settings.judge}")
             prog = Progress()
@@ -361,11 +410,11 @@ class ExperimentRunner:
                 self.progress(prog.line(len(pending)))
             return {"run_id": run_id, "planned": len(plan), "ran": len(pending), "layer": layer}
         finally:
+            if judge is not None and hasattr(judge, "close"):
+                judge.close()
             lm.close()
 
-    def _latent_ids(self, settings: ExperimentSettings, sae, run: dict) -> list[int]:
-        if settings.replay_run:
-            return [r["latent"] for r in self.store.latents(settings.replay_run) if not r.get("error")]
+    def _latent_ids(self, settings: ExperimentSettings, sae) -> list[int]:
         if settings.latents:
             ids = [int(x) for x in settings.latents]
         elif settings.n_latents:
@@ -377,59 +426,57 @@ class ExperimentRunner:
         for i in ids:
             if not 0 <= i < sae.d_sae:
                 raise UserInputError(f"latent {i} is out of range: this SAE has latents 0 to {sae.d_sae - 1}")
-        return ids
+        return list(dict.fromkeys(ids))
 
-    def _replay_rows(self, settings: ExperimentSettings) -> list[dict]:
+    def _replay_rows(self, source_run: str) -> list[dict]:
         seen, rows = set(), []
-        for t in self.store.trials(settings.replay_run):
+        for t in self.store.trials(source_run):
             key = (t["latent"], t["prompt_index"], t["replicate"])
             if key not in seen:
                 seen.add(key)
                 rows.append({"latent": t["latent"], "prompt_index": t["prompt_index"], "replicate": t["replicate"],
                              "base_prompt": t["base_prompt"], "seed": t["seed"]})
         if not rows:
-            raise UserInputError(f"run {settings.replay_run} has no trials to replay")
+            raise UserInputError(f"run {source_run} has no trials to replay")
         return rows
 
-    def _boosts(self, run, settings, entry, lm, sae, judge, layer, latents, prompts, replay):
-        """Each latent's boost: given, already on this run, replayed from the source run, or calibrated."""
+    def _boosts(self, run, stored, lm, sae, judge, layer, latents, prompts):
+        """Each latent's boost: already on this run, replayed from the source, given, none, or calibrated.
+
+        A latent whose calibration failed is tried again on resume (failures are often a judge outage).
+        """
+        settings = ExperimentSettings.from_dict(stored)
         run_id = run["id"]
         have = {r["latent"]: r for r in self.store.latents(run_id)}
-        source = {r["latent"]: r for r in self.store.latents(settings.replay_run)} if settings.replay_run else {}
-        d = entry.defaults if entry else None
-        cal = CalibrationSettings(
-            target=settings.target_score, n_steps=settings.calibration_steps,
-            samples_per_step=settings.calibration_samples or (d.calibration_samples_per_step if d else 1),
-            lower=_pick(settings.boost_lower, d and d.boost_lower, 0.0), upper=_pick(settings.boost_upper, d and d.boost_upper, 10.0),
-            prior_mean=_pick(settings.boost_prior_mean, d and d.boost_prior_mean, 5.0),
-            prior_std=_pick(settings.boost_prior_std, d and d.boost_prior_std, 2.5),
-            max_tokens=settings.calibration_max_tokens,
-            temperature=self._sampling(settings, entry).temperature,
-            repetition_penalty=self._sampling(settings, entry).repetition_penalty,
-            chat_mode=lm.chat_mode, rubric_version=judge.describe().get("rubric_version", ""),
-            restart_gating=settings.restart_gating,
-        )
-        judge_key = json.dumps({k: v for k, v in judge.describe().items() if k in ("backend", "model")}, sort_keys=True)
+        replayed = {int(k): float(v) for k, v in ((stored.get("replay") or {}).get("boosts") or {}).items()}
+        jd = judge.describe()
+        cal = CalibrationSettings(**{**stored["calibration"], "rubric_version": jd.get("rubric_version", "")})
+        judge_key = hashlib.sha256(json.dumps(jd, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        judge_key = f"{jd.get('backend')}:{jd.get('model')}:{judge_key}"
         boosts, labels, rows = {}, {}, {}
         for latent in latents:
             row = np.asarray(sae.decoder_row(latent), np.float32)
             rows[latent] = row
             labels[latent] = sae.label(latent) or f"latent {latent}"
             norm = float(np.linalg.norm(row))
-            if latent in have and have[latent].get("error"):
+            prev = have.get(latent)
+            if prev and prev.get("boost") is not None and not prev.get("error"):
+                boosts[latent] = float(prev["boost"])
                 continue
-            if latent in have and have[latent].get("boost") is not None:
-                boosts[latent] = float(have[latent]["boost"])
-                continue
-            if latent in source:
-                boost, how, cal_id = source[latent]["boost"], "replayed", source[latent].get("calibration_id")
+            if stored.get("replay"):
+                if latent not in replayed:
+                    continue
+                boost, how, cal_id = replayed[latent], "replayed", None
             elif settings.boost is not None:
                 boost, how, cal_id = float(settings.boost), "given", None
             elif all(c == "baseline" for c in settings.conditions) and not settings.sweep_levels:
                 boost, how, cal_id = 0.0, "none", None
             else:
-                key = {"model_sha256": run["model_sha256"], "sae_source": run["sae_source"] or "", "latent": latent,
-                       "layer": layer, "judge": judge_key, "settings_hash": cal.settings_hash()}
+                # The cache key names what the score depends on: model file, the exact decoder row and
+                # label the judge sees, layer, judge (every described setting) and calibration settings.
+                identity = hashlib.sha256(row.tobytes() + labels[latent].encode()).hexdigest()[:16]
+                key = {"model_sha256": run["model_sha256"], "sae_source": f"{run['sae_source'] or ''}#row-{identity}",
+                       "latent": latent, "layer": layer, "judge": judge_key, "settings_hash": cal.settings_hash()}
                 try:
                     out = calibrate_latent(lm, judge, row, layer, labels[latent], prompts, cal,
                                            seed=int(settings.seed) + latent, store=self.store, cache_key=key,
@@ -439,10 +486,11 @@ class ExperimentRunner:
                                              boost_source="calibrated", error=str(exc))
                     self.echo(f"latent {latent}: calibration failed: {exc}")
                     continue
-                boost, how, cal_id = out.boost, "calibrated" + (" (cached)" if out.cached else ""), out.calibration_id
-                self.echo(f"latent {latent}: boost {boost:g} (achieved first-attempt score {out.achieved_score:.2f})")
+                boost, how, cal_id = out.boost, "calibrated", out.calibration_id
+                self.echo(f"latent {latent}: boost {boost:g}{' (cached)' if out.cached else ''} "
+                          f"(achieved first-attempt score {out.achieved_score:.2f})")
             self.store.upsert_latent(run_id, latent, label=labels[latent], row_norm=norm, boost=boost,
-                                     boost_source=how.split(" ")[0], calibration_id=cal_id)
+                                     boost_source=how, calibration_id=cal_id, error=None)
             boosts[latent] = float(boost)
         return boosts, labels, rows
 
@@ -461,9 +509,10 @@ class ExperimentRunner:
                 "prompt_tokens": gen.prompt_tokens if gen else None,
                 "completion_tokens": gen.completion_tokens if gen else None,
                 "stop_reason": gen.stop_reason if gen else None,
-                "generation_ms": round(gen.generation_ms + gen.prefill_ms, 1) if gen else None,
+                "generation_ms": round(gen.prefill_ms + gen.generation_ms, 1) if gen else None,
                 "error": error,
-                "extra_json": json.dumps({"parallel_sequences": len(group)}),
+                "extra_json": json.dumps({"parallel_sequences": len(group),
+                                          "prefill_ms": round(gen.prefill_ms, 1) if gen else None}),
             }
             judgment, attempts = None, []
             if gen is not None:
@@ -476,8 +525,37 @@ class ExperimentRunner:
                     "n_attempts_raw": j.n_attempts_raw,
                 }
                 attempts = [{"attempt_index": i, "text": a.text, "score": a.score} for i, a in enumerate(j.attempts or [])]
-            self.store.record_trial(trial, judgment, attempts)
+            try:
+                self.store.record_trial(trial, judgment, attempts)
+            except DuplicateTrialError:
+                continue  # another process resuming the same run recorded it first; keep the first
             prog.add([a["score"] for a in attempts] if judgment and judgment["parse_status"] == "ok" else None)
+
+
+def _absolutize(settings: ExperimentSettings) -> None:
+    """Local paths become absolute so a resume from another folder opens the same files."""
+    for name in ("sae", "labels", "judge_model_path", "catalog", "prompts_file", "meta_prompts_file"):
+        value = getattr(settings, name)
+        if value and "://" not in value and not value.startswith("shipped:") and os.path.exists(value):
+            setattr(settings, name, os.path.abspath(value))
+    if settings.model and os.path.exists(settings.model):
+        settings.model = os.path.abspath(settings.model)
+    backend, _, rest = settings.judge.partition(":")
+    if backend == "local" and rest and os.path.exists(rest):
+        settings.judge = f"local:{os.path.abspath(rest)}"
+
+
+def _check_judge_spec(settings: ExperimentSettings) -> None:
+    """Catch a bad --judge before anything is generated (remote judges are cheap to build)."""
+    from .judge import make_judge
+
+    backend, _, rest = settings.judge.partition(":")
+    if backend == "local":
+        path = settings.judge_model_path or rest
+        if path and not os.path.isfile(path):
+            raise UserInputError(f"judge model not found: {path}")
+        return
+    make_judge(settings.judge, base_url=settings.judge_base_url, restart_gating=settings.restart_gating)
 
 
 def _catalog_entry(model: str | None, catalog: str | None):

@@ -9,10 +9,7 @@ from typing import Any, NamedTuple
 from .errors import FormatError, MissingResourceError, UserInputError
 from .paths import package_data_dir
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10: the tomli backport has the same API
-    import tomli as tomllib  # type: ignore[no-redef]
+import tomllib
 
 DEFAULT_PROMPTS_FILE = "prompts.txt"
 META_PROMPTS_FILE = "meta_prompts.toml"
@@ -52,6 +49,8 @@ def load_prompts(path: str | Path | None = None) -> PromptSet:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise MissingResourceError(f"prompt file not found: {file}") from None
+    except OSError as exc:  # a folder, no permission...
+        raise UserInputError(f"cannot read prompt file {file}: {exc.strerror}; give a text file, one prompt per line") from None
     except UnicodeDecodeError:
         raise FormatError(f"prompt file {file} is not UTF-8 text") from None
     prompts = [
@@ -107,6 +106,8 @@ def _read_meta_file(path: Path) -> dict[str, str]:
         data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise MissingResourceError(f"meta-prompt file not found: {path}") from None
+    except OSError as exc:
+        raise UserInputError(f"cannot read meta-prompt file {path}: {exc.strerror}; give a TOML file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise FormatError(f"meta-prompt file {path} is not valid TOML: {exc}") from None
     templates: dict[str, str] = {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from .catalog import CatalogEntry
@@ -74,15 +73,11 @@ def pair_terms(latents: tuple[int, ...], scales: tuple[float, ...], default_scal
     return [VectorTerm(int(l), float(s)) for l, s in zip(latents, scales)]
 
 
-@dataclass
-class SteeringSpec:
-    """What a steered generation used, for printing and provenance."""
-
-    vector: ControlVector
-    layer: int | None
-    terms: list[VectorTerm]
-    sae_source: str | None
-    vector_file: str | None = None
+def effective_chat_mode(mode: str, entry: CatalogEntry | None) -> str:
+    """`auto` follows the catalog: a model listed as raw-completion-only (chat = "raw") gets raw prompts."""
+    if mode == "auto" and entry is not None and entry.chat == "raw":
+        return "raw"
+    return mode
 
 
 def vector_for_terms(sae, terms: list[VectorTerm], layer: int, model_hint: str, n_embd: int, model_name: str) -> ControlVector:

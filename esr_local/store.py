@@ -190,6 +190,17 @@ class Store:
             "FROM runs ORDER BY id"
         )
 
+    def update_run(self, run_id: str, fields: dict[str, Any]) -> None:
+        """Fill run columns resolved only at execution time (layer, SAE family, judge...). Keys must be
+        RUN_SETTING_COLUMNS; None values are skipped so a known value is never erased."""
+        unknown = set(fields) - set(RUN_SETTING_COLUMNS)
+        if unknown:
+            raise UserInputError(f"not run columns: {', '.join(sorted(unknown))}")
+        row = {k: _column_value(v) for k, v in fields.items() if v is not None}
+        if row:
+            with self.transaction():
+                self.db["runs"].update(run_id, row)
+
     def set_run_status(self, run_id: str, status: str, error: str | None = None) -> None:
         """Set a run's status and error; terminal statuses (success, error, cancelled) set finished_utc."""
         if status not in RUN_STATUSES:

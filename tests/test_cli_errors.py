@@ -42,6 +42,8 @@ def files(tmp_path):
         "corrupt_vec": str(corrupt_vec),
         "bad_sae": str(bad_sae),
         "missing": str(tmp_path / "nope.gguf"),
+        "db": str(tmp_path / "esr.db"),
+        "dir": str(tmp_path),
         "missing_dir": str(tmp_path / "no_such_sae"),
     }
 
@@ -62,12 +64,22 @@ CASES = {
     "corrupt vector": (["steer", "--vector", "{corrupt_vec}"], "not a readable GGUF"),
     "unknown model name": (["steer", "--model", "gpt-99", "--latent", "1", "--scale", "1"], "unknown model"),
     "export layer 0": (["vector", "export", "--sae", "{sae576}", "--latent", "1", "--scale", "1", "--layer", "0"], "cannot be steered"),
+    "run prompts is a folder": (["run", "--db", "{db}", "-l", "1", "--boost", "1", "--prompts", "{dir}"], "cannot read prompt file"),
+    "run sweep condition by hand": (["run", "--db", "{db}", "-l", "1", "--condition", "sweep:3"], "unknown condition"),
+    "run unknown meta-prompt": (["run", "--db", "{db}", "-l", "1", "--meta-prompt", "nope"], "unknown meta-prompt"),
+    "resume unknown run": (["run", "--db", "{db}", "--resume", "zzzz"], "no run"),
+    "run bad judge": (["run", "--db", "{db}", "-l", "1", "--boost", "1", "--judge", "bogus"], "unknown judge"),
+    "run anthropic without key": (["run", "--db", "{db}", "-l", "1", "--boost", "1", "--judge", "anthropic"], "ANTHROPIC_API_KEY"),
+    "run too many prompts": (["run", "--db", "{db}", "-l", "1", "--boost", "1", "--n-prompts", "99"], "exceeds"),
+    "run impossible target": (["run", "--db", "{db}", "-l", "1", "--target-score", "1"], "target"),
+    "run bounds reversed": (["run", "--db", "{db}", "-l", "1", "--lower", "5", "--upper", "1"], "lower < upper"),
     "mismatched scales": (["vector", "export", "--sae", "{sae576}", "-l", "1", "-l", "2", "-l", "3", "-s", "1", "-s", "2", "--layer", "3"], "scale"),
 }
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_input_gives_one_error_line(name, files):
+def test_bad_input_gives_one_error_line(name, files, monkeypatch):
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     args, needle = CASES[name]
     args = [a.format(**files) for a in args]
     r = CliRunner().invoke(main, args)
@@ -79,6 +91,16 @@ def test_bad_input_gives_one_error_line(name, files):
     assert len(error_lines) == 1, out
     assert lines[-1].startswith("Error:"), out
     assert needle.lower() in error_lines[0].lower(), out
+    if "--db" in args:  # rejected before a run row is written
+        import sqlite3
+
+        con = sqlite3.connect(files["db"])
+        try:
+            assert con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
+        except sqlite3.OperationalError:
+            pass  # no runs table: nothing was created at all
+        finally:
+            con.close()
 
 
 def test_real_process_exit_code_and_stderr(files):

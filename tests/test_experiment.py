@@ -49,6 +49,11 @@ def test_prompts_are_drawn_without_replacement_per_latent():
         choose_prompt_indices(1, 4, 3, 5)
 
 
+def test_sweep_needs_boosts_that_differ():
+    with pytest.raises(UserInputError, match="sd 0"):
+        sweep_levels([3.0, 3.0], 4)
+
+
 def test_sweep_levels_span_mean_plus_minus_three_sd_clamped_at_zero():
     boosts = [2.0, 4.0, 6.0]  # mean 4, population sd sqrt(8/3)
     sd = np.sqrt(8 / 3)
@@ -86,7 +91,7 @@ def test_plan_skips_latents_without_a_boost_and_adds_sweep_levels():
 
 def test_unknown_conditions_are_rejected():
     check_conditions(["steered", "baseline", "meta:self_monitor"], META)
-    for bad in ["steerd", "meta:nope", "sweep"]:
+    for bad in ["steerd", "meta:nope", "sweep", "sweep:3"]:  # sweep levels come only from --sweep-levels
         with pytest.raises(UserInputError):
             check_conditions([bad], META)
 
@@ -265,3 +270,31 @@ def test_calibration_runs_bisection_and_is_cached(tmp_path):
     assert second["latents"][0]["boost"] == lat["boost"]
     assert len(_rows(db, "SELECT * FROM calibrations")) == 1  # reused, not recomputed
     assert "calibrating" not in r2.stderr
+
+
+def test_replay_and_resume_refuse_runs_they_cannot_continue(tmp_path):
+    from esr_local.store import Store
+
+    db = tmp_path / "r.db"
+    store = Store(db)
+    unfinished = store.create_run({"experiment": "esr"})
+    imported = store.create_run({"experiment": "import"})
+    store.close()
+    for args, needle in ((["--replay", unfinished, "--meta-prompt", "self_monitor"], "finish it first"),
+                         (["--replay", imported, "--meta-prompt", "self_monitor"], "only esr-local experiment runs"),
+                         (["--resume", imported], "only esr-local runs can be resumed")):
+        r = CliRunner().invoke(main, ["run", "--db", str(db), *args])
+        assert r.exit_code == 1 and needle in r.output and "Traceback" not in r.output, r.output
+
+
+def test_a_condition_named_twice_runs_once(tmp_path):
+    from esr_local.experiment import ExperimentRunner
+    from esr_local.store import Store
+
+    store = Store(tmp_path / "d.db")
+    run_id = ExperimentRunner(store).create(ExperimentSettings(latents=[1], boost=1.0, conditions=[
+        "steered", "steered", "meta:self_monitor", "meta:self_monitor"]))
+    stored = json.loads(store.get_run(run_id)["settings_json"])
+    assert stored["conditions"] == ["steered", "meta:self_monitor"]
+    assert stored["sampling"]["temperature"] == 0.6 and stored["calibration"]["target"] == 0.3
+    assert len(stored["prompts"]) >= 38
