@@ -49,7 +49,7 @@ def steer_cmd(latents, scales, sae, labels, layer, vector_file, prompt, seed, co
     sampling = build_sampling(sampling_kw, entry)
     seed = seed if seed is not None else random.randint(0, 1_000_000)
     lm = SteeredModel(resolved.path, n_ctx=n_ctx, n_threads=threads, n_gpu_layers=gpu_layers,
-                      chat_mode=effective_chat_mode(chat_mode, entry))
+                      chat_mode=effective_chat_mode(chat_mode, entry), chat_template=entry.chat_template if entry else None)
     if vector_file:
         if latents or sae:
             raise click.UsageError("--vector cannot be combined with --latent/--sae")

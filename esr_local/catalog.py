@@ -78,12 +78,13 @@ class CatalogEntry:
     architecture: str
     n_layer: int
     d_model: int
-    chat: str  # "gguf": the GGUF's chat template; "raw": raw completion only
+    chat: str  # "gguf": the GGUF's chat template (or `chat_template` below); "raw": raw completion only
     gguf: GgufSource
     sae: SaeSpec
     defaults: PaperDefaults
     notes: str = ""
     origin: str = ""  # catalog file it came from
+    chat_template: str | None = None  # Jinja template overriding (or supplying) the GGUF's
 
     def as_dict(self) -> dict:
         """JSON-friendly view."""
@@ -126,6 +127,7 @@ def _entry_from_table(t: dict, origin: str) -> CatalogEntry:
             defaults=PaperDefaults(**d),
             notes=str(t.get("notes", "")).strip(),
             origin=origin,
+            chat_template=t.get("chat_template"),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise FormatError(f"catalog file {origin}: bad entry {t.get('name', '?')!r} ({exc}); see models/*.toml for the format") from None

@@ -343,6 +343,8 @@ class ExperimentRunner:
         if run["experiment"] not in ("esr", "replay", "calibrate"):
             raise UserInputError(f"run {run_id} is a {run['experiment']} run; only esr-local runs can be resumed")
         stored = json.loads(run["settings_json"])
+        self.store.record_session(run_id, command_line=shlex.join(sys.argv), versions=versions(),
+                                  system_info=system_info(), machine=machine())
         self.store.set_run_status(run_id, "started")
         try:
             summary = self._execute(run, stored)
@@ -371,7 +373,8 @@ class ExperimentRunner:
             raise UserInputError(f"the model file {resolved.path} changed since the run started (sha256 differs); start a new run")
         entry = _catalog_entry(settings.model, settings.catalog) or resolved.entry
         lm = SteeredModel(resolved.path, n_ctx=settings.n_ctx, n_seq=settings.parallel, n_threads=settings.threads,
-                          n_gpu_layers=settings.gpu_layers, chat_mode=run["chat_template_mode"] or "auto")
+                          n_gpu_layers=settings.gpu_layers, chat_mode=run["chat_template_mode"] or "auto",
+                          chat_template=entry.chat_template if entry else None)
         judge = None
         try:
             sae = open_sae(settings.sae, entry, settings.labels)

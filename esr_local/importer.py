@@ -55,11 +55,23 @@ def _load(path: Path) -> dict[str, Any]:
     return data
 
 
-def condition_for(config: dict[str, Any]) -> str:
-    """The condition name of a reference file from its experiment_config."""
+def condition_for(config: dict[str, Any], data: dict[str, Any] | None = None) -> str:
+    """The condition name of a reference file from its experiment_config (and top-level keys)."""
     if config.get("prompt_variant_id"):
         return f"meta:{config['prompt_variant_id']}"
-    return "baseline" if config.get("disable_steering") else "steered"
+    if config.get("disable_steering"):
+        return "baseline"
+    if data and data.get("ablated_latents"):
+        return "ablation"
+    return "steered"
+
+
+def _sweep_condition(levels: list[float], boost: float | None, fallback: str) -> str:
+    """In a multi-boost file, a trial's condition is the boost level its threshold equals (sweep:<k>)."""
+    if not levels or boost is None:
+        return fallback
+    k = min(range(len(levels)), key=lambda i: abs(levels[i] - boost))
+    return f"sweep:{k}" if abs(levels[k] - boost) <= 1e-6 * max(1.0, abs(boost)) else fallback
 
 
 def _number(value: Any, path: Path, where: str, field: str, *, integer: bool = False) -> Any:
@@ -96,9 +108,10 @@ def _judgment(score: Any, config: dict[str, Any], path: Path, where: str) -> tup
 def _plan(path: Path, data: dict[str, Any]) -> tuple[list[dict], list[tuple[dict, dict | None, list[dict]]]]:
     """Check the whole file and turn it into latent records and (trial, judgment, attempts) triples."""
     config = data["experiment_config"]
-    condition = condition_for(config)
+    base_condition = condition_for(config, data)
+    levels = [float(x) for x in data.get("boost_levels") or [] if isinstance(x, (int, float))]
     prompt_indexes: dict[str, int] = {}
-    seen: dict[tuple[int, str], int] = {}
+    seen: dict[tuple[int, str, str], int] = {}
     latents: list[dict] = []
     trials: list[tuple[dict, dict | None, list[dict]]] = []
     for f_index, feature in enumerate(data["results_by_feature"]):
@@ -125,8 +138,10 @@ def _plan(path: Path, data: dict[str, Any]) -> tuple[list[dict], list[tuple[dict
                 raise _fail(path, t_where, "expected an object with a prompt string")
             prompt = trial["prompt"]
             prompt_index = prompt_indexes.setdefault(prompt, len(prompt_indexes))
-            replicate = seen.get((latent, prompt), 0)
-            seen[(latent, prompt)] = replicate + 1
+            boost = _number(trial.get("threshold"), path, t_where, "threshold")
+            condition = _sweep_condition(levels, boost, base_condition)
+            replicate = seen.get((latent, prompt, condition), 0)
+            seen[(latent, prompt, condition)] = replicate + 1
             judgment, attempts = _judgment(trial.get("score"), config, path, t_where)
             record = {
                 "condition": condition,
@@ -135,7 +150,7 @@ def _plan(path: Path, data: dict[str, Any]) -> tuple[list[dict], list[tuple[dict
                 "replicate": replicate,
                 "base_prompt": prompt,  # the file keeps only the prompt as sent (meta-prompt included)
                 "prompt": prompt,
-                "boost": _number(trial.get("threshold"), path, t_where, "threshold"),
+                "boost": boost,
                 "seed": _number(trial.get("seed"), path, t_where, "seed", integer=True),
                 "response": trial.get("response"),
                 "error": str(trial["error"]) if trial.get("error") else None,
@@ -165,7 +180,7 @@ def import_reference(store: Store, path: str | Path) -> str:
         "max_tokens": config.get("max_completion_tokens"),
         "prompts_file": config.get("prompts_file"),
         "prompts_per_latent": config.get("n_trials_per_feature"),
-        "condition": condition_for(config),
+        "condition": condition_for(config, data),
         "experiment_config": config,
         "file_metadata": {k: v for k, v in data.items() if k not in ("experiment_config", "results_by_feature")},
     }

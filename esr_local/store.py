@@ -190,6 +190,19 @@ class Store:
             "FROM runs ORDER BY id"
         )
 
+    def record_session(self, run_id: str, *, command_line: str | None, versions: dict, system_info: str,
+                       machine: dict) -> int:
+        """Log one execution of a run (its creation or a resume) with the software it ran on."""
+        with self.transaction():
+            return self.db["run_sessions"].insert({
+                "run_id": run_id, "started_utc": utc_now(), "command_line": command_line,
+                "versions_json": _json(versions), "llama_cpp_system_info": system_info, "machine_json": _json(machine),
+            }).last_pk
+
+    def sessions(self, run_id: str) -> list[dict[str, Any]]:
+        """The executions of a run, oldest first."""
+        return self._query("SELECT * FROM run_sessions WHERE run_id = ? ORDER BY id", (run_id,))
+
     def update_run(self, run_id: str, fields: dict[str, Any]) -> None:
         """Fill run columns resolved only at execution time (layer, SAE family, judge...). Keys must be
         RUN_SETTING_COLUMNS; None values are skipped so a known value is never erased."""

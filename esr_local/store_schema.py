@@ -270,3 +270,23 @@ def m004_metric_views(db: Database) -> None:
         ORDER BY run_id, condition
         """
     )
+
+
+@MIGRATIONS()
+def m005_run_sessions(db: Database) -> None:
+    """One row each time a run is executed (created or resumed): a resume may happen on another machine or
+    after llama.cpp was rebuilt (say, with CUDA), and the run row only holds what was true at creation."""
+    db.execute(
+        """
+        CREATE TABLE run_sessions (
+            id INTEGER PRIMARY KEY,
+            run_id TEXT NOT NULL REFERENCES runs(id),
+            started_utc TEXT NOT NULL,
+            command_line TEXT,
+            versions_json TEXT,               -- esr-local, llama-cpp-python, gguf, numpy, ... versions
+            llama_cpp_system_info TEXT,       -- SIMD flags / backends of the llama.cpp build in use
+            machine_json TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX run_sessions_run_id ON run_sessions(run_id)")

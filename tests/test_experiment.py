@@ -224,6 +224,10 @@ def test_sigkill_mid_run_resumes_with_no_duplicate_and_no_missing_trial(tmp_path
     # Resuming a finished run does nothing.
     _run(["--resume", run["id"]], db)
     assert _rows(db, "SELECT COUNT(*) AS n FROM trials")[0]["n"] == 6
+    # Every execution (the killed one and two resumes) is logged with the software it ran on.
+    sessions = _rows(db, "SELECT * FROM run_sessions WHERE run_id = ? ORDER BY id", (run["id"],))
+    assert len(sessions) == 3
+    assert all(json.loads(x["versions_json"])["llama_cpp_python"] == "0.3.36" and x["llama_cpp_system_info"] for x in sessions)
 
 
 def test_ctrl_c_marks_the_run_cancelled_and_keeps_finished_trials(tmp_path):

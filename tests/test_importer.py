@@ -169,3 +169,28 @@ def test_bad_files_raise_one_line_and_write_nothing(store, tmp_path, content, me
 def test_missing_file(store, tmp_path):
     with pytest.raises(MissingResourceError, match="no such file"):
         import_reference(store, tmp_path / "absent.json")
+
+
+def test_multi_boost_file_splits_trials_into_sweep_levels(tmp_path):
+    import json as _json
+
+    from esr_local.importer import import_reference
+    from esr_local.metrics import metrics_for_store
+    from esr_local.store import Store
+
+    def trial(threshold, scores):
+        return {"prompt": "Explain how to fly a kite.", "feature_index_in_sae": 7, "feature_label": "kites",
+                "threshold": threshold, "seed": 1, "response": "r",
+                "score": {"raw_response": "x", "attempts": [{"attempt_text": f"a{i}", "score": s} for i, s in enumerate(scores)]}}
+
+    doc = {"experiment_config": {"model_name": "m", "judge_model_name": "j"}, "boost_levels": [0.0, 5.0, 10.0],
+           "results_by_feature": [{"feature_index_in_sae": 7, "feature_label": "kites", "threshold": 5.0, "error": None,
+                                   "trials": [trial(0.0, [90]), trial(5.0, [10, 60]), trial(5.0, [40, 20]), trial(10.0, [0])]}]}
+    f = tmp_path / "experiment_multi_boost_m_20260101_000000.json"
+    f.write_text(_json.dumps(doc))
+    store = Store(tmp_path / "m.db")
+    run_id = import_reference(store, f)
+    rows = {r["condition"]: r for r in metrics_for_store(store, [run_id])}
+    assert sorted(rows) == ["sweep:0", "sweep:1", "sweep:2"]
+    assert (rows["sweep:1"]["n"], rows["sweep:1"]["multi_attempt_count"], rows["sweep:1"]["improved_count"]) == (2, 2, 1)
+    assert rows["sweep:1"]["esr_rate"] == 50.0 and rows["sweep:0"]["mean_first_score"] == 90.0

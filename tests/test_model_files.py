@@ -111,3 +111,17 @@ def test_bad_user_catalog_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("ESR_LOCAL_CATALOG", str(bad))
     r = CliRunner().invoke(main, ["models"])
     assert r.exit_code == 1 and r.output.strip().startswith("Error:") and "bad.toml" in r.output
+
+
+def test_catalog_chat_handling(smollm2_path):
+    from esr_local.engine import SteeredModel
+    from esr_local.steering import effective_chat_mode
+
+    cat = load_catalog()
+    assert effective_chat_mode("auto", cat["gemma-3-270m"]) == "raw"
+    assert effective_chat_mode("auto", cat["smollm2-135m-instruct"]) == "auto"
+    assert effective_chat_mode("chat", cat["gemma-3-270m"]) == "chat"
+    with SteeredModel(smollm2_path, n_ctx=256, chat_template="<<{{ messages[0]['content'] }}>>") as m:
+        assert m.chat_mode == "chat" and m.format_prompt("hi") == "<<hi>>"
+    with SteeredModel(smollm2_path, n_ctx=256) as m:
+        assert m.format_prompt("hi").startswith("<|im_start|>") and "hi<|im_end|>" in m.format_prompt("hi")

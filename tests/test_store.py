@@ -42,13 +42,13 @@ def test_open_creates_folder_wal_and_schema(tmp_path):
         assert {"trial_outcomes", "run_metrics"} <= set(s.db.view_names())
         applied = [m.name for m in MIGRATIONS.applied(s.db)]
         assert applied == ["m001_runs", "m002_calibrations_latents", "m003_trials_judgments_attempts",
-                           "m004_metric_views"]
+                           "m004_metric_views", "m005_run_sessions"]
         assert s.db["trials"].columns_dict["boost"] is float
     # Reopening applies nothing twice and keeps the data.
     with Store(path) as s:
         s.create_run({"experiment": "esr"})
     with Store(path) as s:
-        assert len(MIGRATIONS.applied(s.db)) == 4
+        assert len(MIGRATIONS.applied(s.db)) == 5
         assert len(s.list_runs()) == 1
 
 
