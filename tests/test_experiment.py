@@ -268,7 +268,6 @@ def test_calibration_runs_bisection_and_is_cached(tmp_path):
     assert lat["boost_source"] == "calibrated" and 0.0 <= lat["boost"] <= 8.0
     cal = _rows(db, "SELECT * FROM calibrations")
     assert len(cal) == 1 and len(json.loads(cal[0]["steps_json"])) == 2 and cal[0]["boost"] == lat["boost"]
-    t0 = time.time()
     r2 = CliRunner().invoke(main, args, catch_exceptions=False)
     second = json.loads(r2.stdout[r2.stdout.index("{"):])
     assert second["latents"][0]["boost"] == lat["boost"]

