@@ -109,9 +109,17 @@ def calibrate_latent(
         lm.set_directions({layer: row * np.float32(boost)} if boost != 0 else None)
         values = []
         for _ in range(settings.samples_per_step):
-            prompt = rng.choice(prompts)
-            gen = lm.generate(prompt, sampling, rng.randint(0, 1_000_000))
-            values.append(_judge_first_score(judge, prompt, gen.text, label))
+            # Like the paper, a sample whose judgment yields no first-attempt score is retried (up to 3
+            # tries, each a fresh prompt and seed) before the calibration fails.
+            for attempt in range(3):
+                prompt = rng.choice(prompts)
+                gen = lm.generate(prompt, sampling, rng.randint(0, 1_000_000))
+                try:
+                    values.append(_judge_first_score(judge, prompt, gen.text, label))
+                    break
+                except BackendError:
+                    if attempt == 2:
+                        raise
         return float(np.mean(values))
 
     result = bisect_boost(score, target=settings.target, lower=settings.lower, upper=settings.upper,

@@ -319,6 +319,16 @@ def test_local_judge_returns_grammar_constrained_attempts(local_judge):
     assert info["temperature"] == 0.0 and info["constraint"] == "gbnf"
 
 
+def test_local_judge_always_finds_an_attempt_in_a_non_blank_response(local_judge):
+    # The grammar demands at least one attempt (the rubric grades even nonsense); only a blank
+    # response has none, and that answer needs no model call.
+    result = local_judge.judge(PROMPT, "Lava lava lava, the mountain sleeps in its ash.", LABEL)
+    assert result.parse_status == "ok" and len(result.attempts) >= 1
+    assert all(a.score is not None for a in result.attempts)
+    blank = local_judge.judge(PROMPT, "   \n", LABEL)
+    assert (blank.attempts, blank.tries, blank.parse_status) == ([], 0, "ok")
+
+
 def test_local_judge_records_a_response_too_long_for_its_context(local_judge):
     result = local_judge.judge(PROMPT, "Fold the sheet again. " * 1500, LABEL)
     assert result.parse_status == "error" and result.tries == 1 and result.raw_output == ""

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..errors import BackendError, MissingResourceError
 from .base import Judge
+from .records import Judgment
 from .grammar import JUDGE_GBNF, MAX_OUTPUT_CHARS
 
 DEFAULT_N_CTX = 4096
@@ -85,6 +86,14 @@ class LocalJudge(Judge):
             constraint="gbnf",
         )
         return info
+
+    def judge(self, prompt: str, response: str, label: str) -> Judgment:
+        """As Judge.judge; a blank response has no attempt at all, so it gets `[]` without a model call
+        (the grammar itself demands at least one attempt)."""
+        if not response.strip():
+            return Judgment(raw_output="", attempts=[], parse_status="ok", error=None, tries=0, latency_ms=0.0,
+                            n_attempts_raw=0)
+        return super().judge(prompt, response, label)
 
     def close(self) -> None:
         """Free the judge model; later calls to judge() record a backend error."""
