@@ -38,7 +38,10 @@ class CalibrationSettings:
     top_p: float = 1.0
     min_p: float = 0.0
     chat_mode: str = "chat"
+    chat_template_sha256: str = ""
     prompts_sha256: str = ""
+    # Bumped when the procedure changes (v2: a sample without a usable score is retried up to 3 times).
+    procedure: str = "pbisect-v2"
     rubric_version: str = ""
     restart_gating: bool = False
 

@@ -226,7 +226,7 @@ class SteeredModel:
 
     def set_directions(self, directions: Mapping[int, np.ndarray] | None) -> None:
         """Steer with `{layer: vector}` (summed per layer), or clear with None / {}; drops the KV cache."""
-        new = {int(k): np.asarray(v, np.float32) for k, v in (directions or {}).items()}
+        new = {int(k): np.array(v, np.float32, copy=True) for k, v in (directions or {}).items()}
         if new.keys() == self.directions.keys() and all(np.array_equal(new[k], self.directions[k]) for k in new):
             return  # same vector: nothing to re-apply (every generation starts from an empty KV cache anyway)
         apply_to_context(self._ctx, directions, self.n_layer, self.n_embd)

@@ -123,7 +123,8 @@ def sweep_levels(boosts: list[float], n_levels: int) -> list[float]:
     if sd == 0:
         raise UserInputError("every latent has the same boost (sd 0), so a sweep of mean +- 3 sd would repeat one level; "
                              "calibrate several latents (no --boost) for a sweep")
-    return [round(max(0.0, float(x)), 4) for x in np.linspace(mean - 3 * sd, mean + 3 * sd, n_levels)]
+    levels = [round(max(0.0, float(x)), 4) for x in np.linspace(mean - 3 * sd, mean + 3 * sd, n_levels)]
+    return list(dict.fromkeys(levels))  # clamping can repeat 0.0; each sweep condition is one distinct boost
 
 
 def condition_prompt(condition: str, base_prompt: str, label: str, meta: dict[str, str]) -> str:
@@ -249,8 +250,15 @@ class ExperimentRunner:
             raise UserInputError("prompts per latent, replicates and parallel must be >= 1; sweep levels >= 0")
         if settings.sweep_levels == 1:
             raise UserInputError("a boost sweep needs at least 2 levels")
+        if settings.sweep_levels and (settings.boost is not None or len(set(settings.latents)) + (settings.n_latents or 0) < 2):
+            raise UserInputError("a boost sweep spreads around the calibrated boosts of several latents: "
+                                 "give at least 2 latents and no --boost")
         resolved = resolve_model(settings.model, settings.quant, settings.catalog)
         entry = resolved.entry
+        model_sha = file_sha256(resolved.path)
+        if replay is not None and model_sha != replay["model_sha256"]:
+            raise UserInputError(f"the model file {resolved.path} is not the one run {settings.replay_run} used (sha256 differs); "
+                                 "a replay must use the same weights")
         prompt_set = load_prompts(settings.prompts_file)
         if replay is None and settings.prompts_per_latent > len(prompt_set.prompts):
             raise UserInputError(f"--n-prompts {settings.prompts_per_latent} exceeds the {len(prompt_set.prompts)} prompts "
@@ -267,7 +275,8 @@ class ExperimentRunner:
         chat_mode = effective_chat_mode(settings.chat_mode, entry)
         run_settings = asdict(settings)
         run_settings.update(prompts=prompt_set.prompts, meta_prompts=meta, sampling=asdict(sampling),
-                            calibration=asdict(calibration), replay=replay)
+                            calibration=asdict(calibration), replay=replay,
+                            chat_template=entry.chat_template if entry else None)
         row = {
             **run_settings,  # first: the resolved values below win over the raw options
             "experiment": "calibrate" if settings.calibrate_only else ("replay" if settings.replay_run else "esr"),
@@ -277,7 +286,7 @@ class ExperimentRunner:
             "llama_cpp_system_info": system_info(),
             "model_name": resolved.name,
             "model_path": str(resolved.path),
-            "model_sha256": file_sha256(resolved.path),
+            "model_sha256": model_sha,
             "sae_source": sae_display_source(settings.sae, entry),
             "feature_layer": entry.sae.feature_layer if entry else None,
             "chat_template_mode": chat_mode,
@@ -317,7 +326,7 @@ class ExperimentRunner:
         sources = {r["latent"]: r["boost_source"] for r in self.store.latents(src["id"])}
         if any(c != "baseline" for c in base.conditions) and boosts and all(sources.get(k) == "none" for k in boosts):
             raise UserInputError(f"run {src['id']} never steered (baseline only), so it has no boosts to replay steered conditions with")
-        return base, {"rows": rows, "boosts": {str(k): v for k, v in boosts.items()}}
+        return base, {"rows": rows, "boosts": {str(k): v for k, v in boosts.items()}, "model_sha256": src["model_sha256"]}
 
     @staticmethod
     def _calibration_settings(settings: ExperimentSettings, entry, sampling: SamplingParams, prompts_sha256: str) -> CalibrationSettings:
@@ -331,6 +340,7 @@ class ExperimentRunner:
             max_tokens=settings.calibration_max_tokens, temperature=sampling.temperature,
             repetition_penalty=sampling.repetition_penalty, top_k=sampling.top_k, top_p=sampling.top_p, min_p=sampling.min_p,
             chat_mode=effective_chat_mode(settings.chat_mode, entry), prompts_sha256=prompts_sha256,
+            chat_template_sha256=hashlib.sha256((entry.chat_template or "").encode()).hexdigest()[:16] if entry else "",
             restart_gating=settings.restart_gating,
         )
 
@@ -363,6 +373,9 @@ class ExperimentRunner:
     def _execute(self, run: dict, stored: dict) -> dict:
         from .judge import make_judge
 
+        if not all(k in stored for k in ("prompts", "sampling", "calibration")):
+            raise UserInputError(f"run {run['id']} was created by an older esr-local that did not freeze its settings; "
+                                 "start a new run with the same options")
         settings = ExperimentSettings.from_dict(stored)
         prompts: list[str] = stored["prompts"]
         meta = dict(stored.get("meta_prompts") or {})
@@ -374,7 +387,7 @@ class ExperimentRunner:
         entry = _catalog_entry(settings.model, settings.catalog) or resolved.entry
         lm = SteeredModel(resolved.path, n_ctx=settings.n_ctx, n_seq=settings.parallel, n_threads=settings.threads,
                           n_gpu_layers=settings.gpu_layers, chat_mode=run["chat_template_mode"] or "auto",
-                          chat_template=entry.chat_template if entry else None)
+                          chat_template=stored.get("chat_template"))
         judge = None
         try:
             sae = open_sae(settings.sae, entry, settings.labels)
@@ -393,14 +406,18 @@ class ExperimentRunner:
                                      "fix the judge or pass --boost, then resume")
             if settings.calibrate_only:
                 return {"run_id": run_id, "layer": layer, "boosts": boosts, "labels": {k: labels[k] for k in boosts}}
-            levels = []
-            if settings.sweep_levels:
-                # Recomputed on resume from the stored boosts, so the levels are always the same; each
-                # sweep trial records its level in `boost`.
+            levels = list(stored.get("sweep_boost_levels") or [])
+            if settings.sweep_levels and not levels:
+                # Fixed once, then stored: a latent calibrated later (on resume) must not move them.
                 levels = sweep_levels(list(boosts.values()), settings.sweep_levels)
+                self.store.merge_run_settings(run_id, {"sweep_boost_levels": levels})
+            if levels:
                 self.echo(f"boost sweep levels: {', '.join(f'{x:g}' for x in levels)}")
             plan = plan_trials(settings, int(settings.seed), latents, labels, boosts, prompts, levels, meta,
                                replay["rows"] if replay else None)
+            retried = self.store.delete_failed_trials(run_id)  # generation or judge failures run again
+            if retried:
+                self.echo(f"{retried} failed trial(s) will run again")
             done = self.store.finished_trial_keys(run_id)
             pending = [t for t in plan if (t.condition, t.latent, t.prompt_index, t.replicate) not in done]
             self.echo(f"run {run_id}: {len(plan)} trials ({len(plan) - len(pending)} already done), "
@@ -454,7 +471,10 @@ class ExperimentRunner:
         replayed = {int(k): float(v) for k, v in ((stored.get("replay") or {}).get("boosts") or {}).items()}
         jd = judge.describe()
         cal = CalibrationSettings(**{**stored["calibration"], "rubric_version": jd.get("rubric_version", "")})
-        judge_key = hashlib.sha256(json.dumps(jd, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        ident = dict(jd)
+        if jd.get("model_path") and os.path.isfile(jd["model_path"]):
+            ident["model_sha256"] = file_sha256(jd["model_path"])  # a local judge is its weights, not its file name
+        judge_key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
         judge_key = f"{jd.get('backend')}:{jd.get('model')}:{judge_key}"
         boosts, labels, rows = {}, {}, {}
         for latent in latents:
@@ -558,7 +578,7 @@ def _check_judge_spec(settings: ExperimentSettings) -> None:
         if path and not os.path.isfile(path):
             raise UserInputError(f"judge model not found: {path}")
         return
-    make_judge(settings.judge, base_url=settings.judge_base_url, restart_gating=settings.restart_gating)
+    make_judge(settings.judge, base_url=settings.judge_base_url, restart_gating=settings.restart_gating).close()
 
 
 def _catalog_entry(model: str | None, catalog: str | None):

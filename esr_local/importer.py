@@ -109,7 +109,8 @@ def _plan(path: Path, data: dict[str, Any]) -> tuple[list[dict], list[tuple[dict
     """Check the whole file and turn it into latent records and (trial, judgment, attempts) triples."""
     config = data["experiment_config"]
     base_condition = condition_for(config, data)
-    levels = [float(x) for x in data.get("boost_levels") or [] if isinstance(x, (int, float))]
+    # Distinct levels, as esr-local's own sweeps: the reference clamps at 0, which can repeat 0.0.
+    levels = list(dict.fromkeys(float(x) for x in data.get("boost_levels") or [] if isinstance(x, (int, float))))
     prompt_indexes: dict[str, int] = {}
     seen: dict[tuple[int, str, str], int] = {}
     latents: list[dict] = []

@@ -270,6 +270,27 @@ class Store:
         )
         return {(r["condition"], r["latent"], r["prompt_index"], r["replicate"]) for r in rows}
 
+    def delete_failed_trials(self, run_id: str) -> int:
+        """Remove a run's trials that failed (generation error, or a judgment that could not be parsed),
+        with their judgments and attempts, so a resume runs them again. Returns how many were removed."""
+        failed = "SELECT t.id FROM trials t LEFT JOIN judgments j ON j.trial_id = t.id " \
+                 "WHERE t.run_id = ? AND (t.error IS NOT NULL OR j.parse_status = 'error')"
+        with self.transaction():
+            ids = [r[0] for r in self.db.execute(failed, (run_id,)).fetchall()]
+            for table, column in (("attempts", "trial_id"), ("judgments", "trial_id"), ("trials", "id")):
+                self.db.conn.executemany(f"DELETE FROM {table} WHERE {column} = ?", [(i,) for i in ids])
+        return len(ids)
+
+    def merge_run_settings(self, run_id: str, values: dict[str, Any]) -> None:
+        """Add keys to a run's settings_json (values decided during execution that a resume must reuse)."""
+        with self.transaction():
+            row = self._query("SELECT settings_json FROM runs WHERE id = ?", (run_id,))
+            if not row:
+                raise MissingResourceError(f"no run {run_id!r} in {self.path}; {_LIST_RUNS_HINT}")
+            settings = json.loads(row[0]["settings_json"] or "{}")
+            settings.update(values)
+            self.db.execute("UPDATE runs SET settings_json = ? WHERE id = ?", (_json(settings), run_id))
+
     def record_trial(
         self, trial: dict[str, Any], judgment: dict[str, Any] | None, attempts: list[dict[str, Any]]
     ) -> str:

@@ -73,6 +73,7 @@ CASES = {
     "run too many prompts": (["run", "--db", "{db}", "-l", "1", "--boost", "1", "--n-prompts", "99"], "exceeds"),
     "run impossible target": (["run", "--db", "{db}", "-l", "1", "--target-score", "1"], "target"),
     "run bounds reversed": (["run", "--db", "{db}", "-l", "1", "--lower", "5", "--upper", "1"], "lower < upper"),
+    "run sweep with one latent": (["run", "--db", "{db}", "-l", "1", "--sweep-levels", "4"], "at least 2 latents"),
     "mismatched scales": (["vector", "export", "--sae", "{sae576}", "-l", "1", "-l", "2", "-l", "3", "-s", "1", "-s", "2", "--layer", "3"], "scale"),
 }
 

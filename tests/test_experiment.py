@@ -61,6 +61,7 @@ def test_sweep_levels_span_mean_plus_minus_three_sd_clamped_at_zero():
     assert levels == [round(max(0.0, 4 - 3 * sd), 4), 4.0, round(4 + 3 * sd, 4)]
     assert levels[0] == 0.0  # 4 - 4.9 < 0 is clamped
     assert len(sweep_levels([10.0, 12.0], 8)) == 8
+    assert sweep_levels([1.0, 1.0, 9.0], 5).count(0.0) == 1  # clamped duplicates collapse to one level
 
 
 def test_plan_pairs_conditions_on_the_same_prompts_and_seeds():

@@ -264,3 +264,16 @@ def test_calibration_key_must_be_complete(store):
         store.get_calibration({k: v for k, v in KEY.items() if k != "settings_hash"})
     with pytest.raises(UserInputError, match="judge"):
         store.put_calibration({**KEY, "judge": None}, {"boost": 1.0})
+
+
+def test_failed_trials_are_removed_for_a_rerun_and_settings_can_be_merged(store):
+    run_id = store.create_run({"experiment": "esr", "prompts": ["a"]})
+    store.record_trial(_trial(run_id, prompt_index=0), JUDGMENT, [{"attempt_index": 0, "text": "x", "score": 50}])
+    store.record_trial(_trial(run_id, prompt_index=1, error="llama_decode failed"), None, [])
+    store.record_trial(_trial(run_id, prompt_index=2), {**JUDGMENT, "parse_status": "error", "error": "no json"}, [])
+    assert store.delete_failed_trials(run_id) == 2
+    assert store.finished_trial_keys(run_id) == {("steered", 7, 0, 0)}
+    assert store.db["attempts"].count == 1
+    assert store.db["judgments"].count == 1
+    store.merge_run_settings(run_id, {"sweep_boost_levels": [0.0, 2.5]})
+    assert store.get_run(run_id)["settings"] == {"experiment": "esr", "prompts": ["a"], "sweep_boost_levels": [0.0, 2.5]}

@@ -6,6 +6,7 @@ model: a control vector is attached to a context, so a shared one would steer th
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,7 @@ class LocalJudge(Judge):
             n_ctx=self.n_ctx,
             seed=self.seed,
             constraint="gbnf",
+            grammar_sha256=hashlib.sha256(JUDGE_GBNF.encode()).hexdigest()[:16],
         )
         return info
 
