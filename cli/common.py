@@ -2,49 +2,43 @@
 
 from __future__ import annotations
 
-import functools
-
 import click
 
 from esr_local.engine import SamplingParams, resolve_sampling
 
 
+def _stack(f, options):
+    """Apply click options so they show in --help in the order listed."""
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 def model_options(f):
     """--model, --quant, --catalog, --n-ctx, --threads, --gpu-layers, --chat-mode."""
-
-    @click.option("--model", "-m", default=None, help="Catalog name or .gguf path (default: the embedded SmolLM2-135M-Instruct).")
-    @click.option("--quant", default=None, help="Quantization to download for a Hugging Face catalog model (e.g. Q4_K_M).")
-    @click.option("--catalog", default=None, type=click.Path(), help="Extra catalog file or folder (also ESR_LOCAL_CATALOG).")
-    @click.option("--n-ctx", default=2048, show_default=True, type=click.IntRange(64), help="Context size per sequence.")
-    @click.option("--threads", default=None, type=click.IntRange(1), help="CPU threads (default: all cores, or ESR_LOCAL_THREADS).")
-    @click.option("--gpu-layers", default=0, show_default=True, type=int, help="Layers to offload to a GPU build of llama.cpp (-1 = all).")
-    @click.option("--chat-mode", type=click.Choice(["auto", "chat", "raw"]), default="auto", show_default=True,
-                  help="auto: the GGUF's chat template if it has one, else raw completion.")
-    @functools.wraps(f)
-    def wrapper(*args, **kwargs):
-        return f(*args, **kwargs)
-
-    return wrapper
+    return _stack(f, [
+        click.option("--model", "-m", default=None, help="Catalog name or .gguf path (default: the embedded SmolLM2-135M-Instruct)."),
+        click.option("--quant", default=None, help="Quantization to download for a Hugging Face catalog model (e.g. Q4_K_M)."),
+        click.option("--catalog", default=None, type=click.Path(), help="Extra catalog file or folder (also ESR_LOCAL_CATALOG)."),
+        click.option("--n-ctx", default=2048, show_default=True, type=click.IntRange(64), help="Context size per sequence."),
+        click.option("--threads", default=None, type=click.IntRange(1), help="CPU threads (default: all cores, or ESR_LOCAL_THREADS)."),
+        click.option("--gpu-layers", default=0, show_default=True, type=int, help="Layers to offload to a GPU build of llama.cpp (-1 = all)."),
+        click.option("--chat-mode", type=click.Choice(["auto", "chat", "raw"]), default="auto", show_default=True,
+                     help="auto: the catalog's choice, else the GGUF's chat template if it has one, else raw completion."),
+    ])
 
 
-def sampling_options(defaults: SamplingParams = SamplingParams()):
+def sampling_options(f):
     """--temperature, --max-tokens, --repetition-penalty, --top-k, --top-p, --min-p (paper defaults)."""
-
-    def deco(f):
-        @click.option("--temperature", "-t", type=float, default=None, help=f"Sampling temperature (paper: {defaults.temperature}).")
-        @click.option("--max-tokens", type=click.IntRange(1), default=None, help=f"New tokens (paper: {defaults.max_tokens}).")
-        @click.option("--repetition-penalty", type=float, default=None,
-                      help="Repetition penalty over the whole context (paper: 1.1; catalog default per model).")
-        @click.option("--top-k", type=click.IntRange(0), default=0, show_default=True, help="0 = off (paper).")
-        @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True, help="1 = off (paper).")
-        @click.option("--min-p", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True, help="0 = off (paper).")
-        @functools.wraps(f)
-        def wrapper(*args, **kwargs):
-            return f(*args, **kwargs)
-
-        return wrapper
-
-    return deco
+    return _stack(f, [
+        click.option("--temperature", "-t", type=float, default=None, help="Sampling temperature (paper: 0.6)."),
+        click.option("--max-tokens", type=click.IntRange(1), default=None, help="New tokens (paper: 512)."),
+        click.option("--repetition-penalty", type=float, default=None,
+                     help="Repetition penalty over the whole context (paper: 1.1; catalog default per model)."),
+        click.option("--top-k", type=click.IntRange(0), default=0, show_default=True, help="0 = off (paper)."),
+        click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True, help="1 = off (paper)."),
+        click.option("--min-p", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True, help="0 = off (paper)."),
+    ])
 
 
 def build_sampling(kw: dict, entry=None) -> SamplingParams:

@@ -58,7 +58,7 @@ def judge_options(f):
 @calibration_options
 @judge_options
 @model_options
-@sampling_options()
+@sampling_options
 @db_option
 def run_cmd(db, latents, n_latents, sae, labels, layer, prompts_file, prompts_per_latent, replicates, boost, conditions,
             meta_prompts, meta_prompts_file, sweep_levels, replay_run, resume_run, target_score, calibration_steps,

@@ -40,7 +40,7 @@ DEFAULT_PROMPT = "Explain how to change a bike tire."
 @click.option("--compare", is_flag=True, help="Also print the unsteered answer (same seed).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming text.")
 @model_options
-@sampling_options()
+@sampling_options
 def steer_cmd(latents, scales, sae, labels, layer, vector_file, prompt, seed, compare, as_json, model, quant, catalog,
               n_ctx, threads, gpu_layers, chat_mode, **sampling_kw):
     """Generate an answer while SAE latents are added to the residual stream at one layer."""

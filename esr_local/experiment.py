@@ -400,7 +400,7 @@ class ExperimentRunner:
                                            "rubric_version": jd.get("rubric_version")})
             replay = stored.get("replay")
             latents = sorted({r["latent"] for r in replay["rows"]}) if replay else self._latent_ids(settings, sae)
-            boosts, labels, rows = self._boosts(run, stored, lm, sae, judge, layer, latents, prompts)
+            boosts, labels, rows = self._boosts(run, settings, stored, lm, sae, judge, jd, layer, latents, prompts)
             if not boosts:
                 raise UserInputError("no latent has a boost (every calibration failed; see the latents table); "
                                      "fix the judge or pass --boost, then resume")
@@ -426,7 +426,7 @@ class ExperimentRunner:
             for group in _groups(pending, settings.parallel):
                 t = group[0]
                 lm.set_directions({layer: rows[t.latent] * np.float32(t.boost)} if t.boost != 0 else None)
-                self._run_group(run_id, lm, judge, sampling, group, labels, prog)
+                self._run_group(run_id, lm, judge, jd, sampling, group, labels, prog)
                 self.progress(prog.line(len(pending)))
             return {"run_id": run_id, "planned": len(plan), "ran": len(pending), "layer": layer}
         finally:
@@ -460,16 +460,14 @@ class ExperimentRunner:
             raise UserInputError(f"run {source_run} has no trials to replay")
         return rows
 
-    def _boosts(self, run, stored, lm, sae, judge, layer, latents, prompts):
+    def _boosts(self, run, settings, stored, lm, sae, judge, jd, layer, latents, prompts):
         """Each latent's boost: already on this run, replayed from the source, given, none, or calibrated.
 
         A latent whose calibration failed is tried again on resume (failures are often a judge outage).
         """
-        settings = ExperimentSettings.from_dict(stored)
         run_id = run["id"]
         have = {r["latent"]: r for r in self.store.latents(run_id)}
         replayed = {int(k): float(v) for k, v in ((stored.get("replay") or {}).get("boosts") or {}).items()}
-        jd = judge.describe()
         cal = CalibrationSettings(**{**stored["calibration"], "rubric_version": jd.get("rubric_version", "")})
         ident = dict(jd)
         if jd.get("model_path") and os.path.isfile(jd["model_path"]):
@@ -517,7 +515,7 @@ class ExperimentRunner:
             boosts[latent] = float(boost)
         return boosts, labels, rows
 
-    def _run_group(self, run_id, lm, judge, sampling, group: list[TrialSpec], labels, prog: Progress) -> None:
+    def _run_group(self, run_id, lm, judge, jd: dict, sampling, group: list[TrialSpec], labels, prog: Progress) -> None:
         """Generate a group of trials that share one vector (as parallel sequences), judge, record each."""
         error = None
         try:
@@ -540,11 +538,10 @@ class ExperimentRunner:
             judgment, attempts = None, []
             if gen is not None:
                 j = judge.judge(t.prompt, gen.text, labels[t.latent])
-                d = judge.describe()
                 judgment = {
-                    "judge_backend": d.get("backend"), "judge_model": d.get("model"), "rubric_version": d.get("rubric_version"),
+                    "judge_backend": jd.get("backend"), "judge_model": jd.get("model"), "rubric_version": jd.get("rubric_version"),
                     "raw_output": j.raw_output, "parse_status": j.parse_status, "error": j.error, "tries": j.tries,
-                    "latency_ms": round(j.latency_ms, 1), "restart_gating": int(bool(d.get("restart_gating"))),
+                    "latency_ms": round(j.latency_ms, 1), "restart_gating": int(bool(jd.get("restart_gating"))),
                     "n_attempts_raw": j.n_attempts_raw,
                 }
                 attempts = [{"attempt_index": i, "text": a.text, "score": a.score} for i, a in enumerate(j.attempts or [])]

@@ -31,6 +31,13 @@ class SaeInfo:
     neuronpedia_id: str | None = None  # "model/source" when the file names it (SAELens v6 metadata)
 
 
+def decoder_dims(where: str, w_dec, name: str = "W_dec") -> tuple[int, int]:
+    """(d_sae, d_model) of a decoder stored [d_sae, d_model]; FormatError if it is not 2-D."""
+    if len(w_dec.shape) != 2:
+        raise FormatError(f"{where}: {name} has shape {list(w_dec.shape)}, expected [d_sae, d_model]")
+    return int(w_dec.shape[0]), int(w_dec.shape[1])
+
+
 def check_shapes(where: str, expected: dict) -> None:
     """FormatError for the first present tensor whose shape is not the one the decoder implies.
 

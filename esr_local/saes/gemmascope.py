@@ -11,7 +11,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from ..errors import FormatError
-from .base import LinearSae, SaeInfo, check_shapes, layer_or_none
+from .base import LinearSae, SaeInfo, check_shapes, decoder_dims, layer_or_none
 from .tensors import FileTensor, MemoryTensor, Tensor, zip_member_data_offset
 
 _REPO = re.compile(r"gemma-scope-(?P<size>\d+b)-(?P<variant>pt|it)-(?P<site>res|mlp|att|transcoders)")
@@ -134,9 +134,7 @@ def open_gemmascope(path: Path, *, source: str, labels: Path | None) -> GemmaSco
             f"{path} is not a GemmaScope params.npz: missing {', '.join(missing)} (found: {', '.join(sorted(arrays)) or 'nothing'})"
         )
     w_dec, w_enc = arrays["W_dec"], arrays["W_enc"]
-    if len(w_dec.shape) != 2:
-        raise FormatError(f"{path}: W_dec has shape {list(w_dec.shape)}, expected [d_sae, d_model]")
-    d_sae, d_model = w_dec.shape
+    d_sae, d_model = decoder_dims(str(path), w_dec)
     check_shapes(str(path), {name: (arrays[name], shape) for name, shape in
                              (("W_enc", (d_model, d_sae)), ("b_enc", (d_sae,)), ("b_dec", (d_model,)), ("threshold", (d_sae,)))})
     hook, model = _describe_path(f"{source}/{path.as_posix()}")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FormatError
-from .base import LinearSae, SaeInfo, check_shapes, layer_or_none
+from .base import LinearSae, SaeInfo, check_shapes, decoder_dims, layer_or_none
 from .tensors import Tensor, open_safetensors
 
 WEIGHTS, CONFIG = "params.safetensors", "config.json"
@@ -50,9 +50,7 @@ def open_gemmascope2(folder: Path, *, source: str, labels: Path | None) -> Gemma
         raise FormatError(
             f"{folder / WEIGHTS} is not a Gemma Scope 2 params file: needs w_enc and w_dec (found: {', '.join(sorted(tensors))})"
         )
-    if len(w_dec.shape) != 2:
-        raise FormatError(f"{folder / WEIGHTS}: w_dec has shape {list(w_dec.shape)}, expected [width, d_model]")
-    d_sae, d_model = w_dec.shape
+    d_sae, d_model = decoder_dims(str(folder / WEIGHTS), w_dec, "w_dec")
     check_shapes(str(folder / WEIGHTS), {"w_enc": (w_enc, (d_model, d_sae)), "b_enc": (b_enc, (d_sae,)),
                                          "b_dec": (b_dec, (d_model,)), "threshold": (threshold, (d_sae,))})
     width = cfg.get("width")

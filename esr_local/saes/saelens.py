@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FormatError
-from .base import LinearSae, SaeInfo, check_shapes, layer_or_none
+from .base import LinearSae, SaeInfo, check_shapes, decoder_dims, layer_or_none
 from .gemmascope2 import read_json_config
 from .tensors import open_safetensors
 
@@ -92,9 +92,7 @@ def open_saelens(folder: Path, *, source: str, labels: Path | None) -> SaeLensSa
             f"{folder / WEIGHTS} is not a SAELens weights file: needs W_enc and W_dec (found: {', '.join(sorted(tensors))})"
         )
     w_dec, w_enc = tensors["W_dec"], tensors["W_enc"]
-    if len(w_dec.shape) != 2:
-        raise FormatError(f"{folder / WEIGHTS}: W_dec has shape {list(w_dec.shape)}, expected [d_sae, d_in]")
-    d_sae, d_model = w_dec.shape
+    d_sae, d_model = decoder_dims(str(folder / WEIGHTS), w_dec)
     for key, want in (("d_in", d_model), ("d_sae", d_sae)):
         if cfg.get(key) is not None and int(cfg[key]) != want:
             raise FormatError(f"{folder / CONFIG} says {key}={cfg[key]} but W_dec has shape {list(w_dec.shape)}")
