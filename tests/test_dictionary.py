@@ -16,6 +16,7 @@ from esr_local.cvec import apply_to_context
 from esr_local.errors import FormatError, UserInputError
 from esr_local.layers import layer_from_hook
 from esr_local.paths import shipped_vectors_dir
+from esr_local.saes import load_sae
 
 SHIPPED = shipped_vectors_dir() / dic.SHIPPED_DICTIONARY
 
@@ -145,10 +146,7 @@ def test_steering_with_a_concept_row_changes_the_answer_and_clearing_restores_it
 
 
 def test_shipped_dictionary_loads_through_the_sae_loader():
-    saes = pytest.importorskip("esr_local.saes")
-    if not hasattr(saes, "load_sae"):
-        pytest.skip("esr_local.saes.load_sae is not available")
-    sae = saes.load_sae(str(SHIPPED))
+    sae = load_sae(str(SHIPPED))
     assert sae.info.family == "saelens"
     assert (sae.d_model, sae.d_sae) == (576, len(dic.load_concepts().concepts))
     assert sae.info.layer == dic.DEFAULT_LAYER
