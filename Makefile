@@ -10,11 +10,16 @@ CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
 
 venv: $(STAMP)
 
+# One line per phase. -qq hides pip's notices and the build backend's informational warnings; errors still show
+# (pip's --log would bring the backend warnings back to the console, so none is kept).
 $(STAMP): pyproject.toml
-	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	CMAKE_ARGS="$(CMAKE_ARGS)" $(VENV)/bin/python -m pip install --quiet -e ".[test]"
-	touch $(STAMP)
+	@test -x $(VENV)/bin/python || { echo "esr-local set-up: creating $(VENV)"; $(PY) -m venv $(VENV); }
+	@echo "esr-local set-up: updating pip"
+	@$(VENV)/bin/python -m pip install --quiet --quiet --disable-pip-version-check --upgrade pip
+	@echo "esr-local set-up: installing esr-local and its dependencies (compiles llama.cpp on first use, ~5 min)"
+	@CMAKE_ARGS="$(CMAKE_ARGS)" $(VENV)/bin/python -m pip install --quiet --quiet --disable-pip-version-check -e ".[test]"
+	@touch $(STAMP)
+	@echo "esr-local set-up: done"
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
