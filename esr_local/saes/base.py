@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,14 +120,32 @@ class Sae:
         latents are read (except for top-k SAEs, whose selection needs every latent).
         """
         idx = [_as_index(i, self.d_sae) for i in indices]
+        single = np.ndim(h) == 1
+        x = self._as_rows(h)
+        acts = self._encode(x, idx).astype(np.float32)
+        return acts[0] if single else acts
+
+    def encode_blocks(self, h: np.ndarray, block_size: int = 4096) -> Iterator[tuple[int, np.ndarray]]:
+        """Activations of every latent, one block of `block_size` latents at a time.
+
+        Yields `(start, acts)` with `acts` float32 [n, stop - start] for latents `start..stop-1`, in
+        order. Only one block of encoder weights and one [n, block_size] array live at a time, so
+        memory stays bounded whatever d_sae is. Matrix products are float32 here (float64 in `encode`),
+        so values agree with `encode` to float32 rounding.
+        """
+        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+            raise UserInputError(f"block_size must be a positive integer, got {block_size!r}")
+        yield from self._encode_blocks(self._as_rows(h), block_size)
+
+    def _as_rows(self, h) -> np.ndarray:
         x = np.asarray(h, dtype=np.float64)
-        single = x.ndim == 1
-        if single:
+        if x.ndim == 1:
             x = x[None, :]
         if x.ndim != 2 or x.shape[1] != self.d_model:
             raise UserInputError(f"h must have shape [n, {self.d_model}] (or [{self.d_model}]), got {np.shape(h)}")
-        acts = self._encode(x, idx).astype(np.float32)
-        return acts[0] if single else acts
+        if not np.all(np.isfinite(x)):
+            raise UserInputError("h holds NaN or infinite values; cannot encode them")
+        return x
 
     # -- to implement ------------------------------------------------------------------------------
 
@@ -136,6 +154,11 @@ class Sae:
 
     def _encode(self, x: np.ndarray, indices: list[int]) -> np.ndarray:
         raise NotImplementedError
+
+    def _encode_blocks(self, x: np.ndarray, block_size: int) -> Iterator[tuple[int, np.ndarray]]:
+        for start in range(0, self.d_sae, block_size):
+            idx = list(range(start, min(self.d_sae, start + block_size)))
+            yield start, self._encode(x, idx).astype(np.float32)
 
 
 class LinearSae(Sae):
@@ -169,23 +192,67 @@ class LinearSae(Sae):
     def _decoder_row(self, index: int) -> np.ndarray:
         return self._w_dec.row(index) if self._dec_by_rows else self._w_dec.col(index)
 
+    # -- the family's pieces: input handling and activation ------------------------------------------
+
+    def _input(self, x: np.ndarray) -> np.ndarray:
+        """What the encoder multiplies: `x`, minus b_dec when the family centres its input."""
+        if self._subtract_b_dec and self._b_dec is not None:
+            x = x - self._vector("b_dec", self._b_dec).astype(np.float64)
+        return x
+
+    def _activate(self, pre: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        """The family's activation of pre-activations `pre` [n, k] of latents `indices` [k]."""
+        raise NotImplementedError
+
+    # -- shared machinery ------------------------------------------------------------------------------
+
+    def _vector(self, name: str, tensor: Tensor) -> np.ndarray:
+        """A small 1-D tensor (bias, threshold) read once and kept."""
+        cache = self.__dict__.setdefault("_vectors", {})
+        if name not in cache:
+            cache[name] = tensor.read().astype(np.float32)
+        return cache[name]
+
     def _encoder_columns(self, indices: list[int]) -> np.ndarray:
         """[d_model, k] encoder weights of the given latents."""
         if self._enc_by_cols:
             return self._w_enc.cols(indices)
         return self._w_enc.rows(indices).T
 
+    def _encoder_block(self, start: int, stop: int) -> np.ndarray:
+        """[d_model, stop - start] encoder weights of a contiguous range of latents."""
+        if self._enc_by_cols:
+            return self._w_enc.col_block(start, stop)
+        return self._w_enc.row_block(start, stop).T
+
     def _pre_activations(self, x: np.ndarray, indices: list[int]) -> np.ndarray:
-        if self._subtract_b_dec and self._b_dec is not None:
-            x = x - self._b_dec.read().astype(np.float64)
-        pre = x @ self._encoder_columns(indices).astype(np.float64)
+        pre = self._input(x) @ self._encoder_columns(indices).astype(np.float64)
         if self._b_enc is not None and indices:
-            pre = pre + self._b_enc.take(indices).astype(np.float64)
+            pre = pre + self._vector("b_enc", self._b_enc)[indices].astype(np.float64)
         return pre
+
+    def _pre_block(self, xin32: np.ndarray, start: int, stop: int) -> np.ndarray:
+        pre = xin32 @ self._encoder_block(start, stop)
+        if self._b_enc is not None:
+            pre += self._vector("b_enc", self._b_enc)[start:stop]
+        return pre
+
+    def _encode(self, x: np.ndarray, indices: list[int]) -> np.ndarray:
+        return self._activate(self._pre_activations(x, indices), np.asarray(indices, dtype=np.int64))
+
+    def _encode_blocks(self, x: np.ndarray, block_size: int) -> Iterator[tuple[int, np.ndarray]]:
+        xin = self._input(x).astype(np.float32)
+        for start in range(0, self.d_sae, block_size):
+            stop = min(self.d_sae, start + block_size)
+            pre = self._pre_block(xin, start, stop)
+            yield start, self._activate(pre, np.arange(start, stop)).astype(np.float32, copy=False)
 
     def _relu(self, pre: np.ndarray) -> np.ndarray:
         return np.maximum(pre, 0.0)
 
-    def _jumprelu(self, pre: np.ndarray, indices: list[int]) -> np.ndarray:
-        thr = self._threshold.take(indices).astype(np.float64) if (self._threshold is not None and indices) else 0.0
-        return np.where(pre > thr, np.maximum(pre, 0.0), 0.0)
+    def _jumprelu(self, pre: np.ndarray, indices) -> np.ndarray:
+        """relu(pre) where pre > threshold, else 0 (GemmaScope, Gemma Scope 2, SAELens jumprelu)."""
+        if self._threshold is None or len(indices) == 0:
+            return np.maximum(pre, 0.0)
+        thr = self._vector("threshold", self._threshold)[np.asarray(indices, dtype=np.int64)].astype(pre.dtype)
+        return np.where(pre > thr, np.maximum(pre, 0.0), 0.0).astype(pre.dtype, copy=False)

@@ -22,8 +22,9 @@ _NUMPY_NAMES = {"float32": "float32", "float16": "float16", "float64": "float64"
 class GemmaScopeSae(LinearSae):
     """GemmaScope layout: W_enc [d_model, d_sae], W_dec [d_sae, d_model]; acts = relu(pre) * (pre > threshold)."""
 
-    def _encode(self, x: np.ndarray, indices: list[int]) -> np.ndarray:
-        return self._jumprelu(self._pre_activations(x, indices), indices)
+    def _activate(self, pre: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        # pre = x @ W_enc + b_enc on the raw residual (b_dec is not subtracted), then JumpReLU.
+        return self._jumprelu(pre, indices)
 
 
 class _CompressedNpyTensor(Tensor):
@@ -54,6 +55,12 @@ class _CompressedNpyTensor(Tensor):
 
     def take(self, indices):
         return self._load().take(indices)
+
+    def row_block(self, start, stop):
+        return self._load().row_block(start, stop)
+
+    def col_block(self, start, stop):
+        return self._load().col_block(start, stop)
 
 
 def _read_npy_header(fh) -> tuple[tuple[int, ...], bool, np.dtype]:

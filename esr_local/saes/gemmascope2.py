@@ -17,11 +17,11 @@ WEIGHTS, CONFIG = "params.safetensors", "config.json"
 class GemmaScope2Sae(LinearSae):
     """Gemma Scope 2 layout: w_enc [d_model, width], w_dec [width, d_model], JumpReLU."""
 
-    def _encode(self, x: np.ndarray, indices: list[int]) -> np.ndarray:
+    def _activate(self, pre: np.ndarray, indices: np.ndarray) -> np.ndarray:
         arch = self.info.activation
         if arch not in ("jump_relu", "jumprelu"):
             raise FormatError(f"encode() does not support Gemma Scope 2 architecture {arch!r} (only jump_relu)")
-        return self._jumprelu(self._pre_activations(x, indices), indices)
+        return self._jumprelu(pre, indices)
 
 
 def read_json_config(path: Path) -> dict:

@@ -22,8 +22,9 @@ _NAME = re.compile(r"(?P<model>Llama-\d[^/]*?)(?:-SAE-l|__model\.layers\.)(?P<la
 class GoodfireSae(LinearSae):
     """Goodfire layout: encoder_linear.weight [d_sae, d_model], decoder_linear.weight [d_model, d_sae]."""
 
-    def _encode(self, x: np.ndarray, indices: list[int]) -> np.ndarray:
-        return self._relu(self._pre_activations(x, indices))
+    def _activate(self, pre: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        # ReLU(W_enc x + b_enc): no b_dec subtraction and no input scaling (Goodfire's release code).
+        return self._relu(pre)
 
 
 def _shape_check(t: Tensor, shape: tuple[int, ...], name: str, path: Path) -> None:

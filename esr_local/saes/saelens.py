@@ -21,45 +21,91 @@ class SaeLensSae(LinearSae):
         super().__init__(info, **kw)
         self._cfg, self._extra = cfg, extra
 
-    def _encode(self, x: np.ndarray, indices: list[int]) -> np.ndarray:
+    # -- input handling --------------------------------------------------------------------------------
+
+    def _input(self, x: np.ndarray) -> np.ndarray:
+        """SAELens order: normalise the activation (cfg `normalize_activations`), then subtract b_dec
+        when `apply_b_dec_to_input` is true."""
         norm = self._cfg.get("normalize_activations") or "none"
-        if norm != "none":
+        if norm == "constant_norm_rescale":
+            # x * sqrt(d_in) / ||x|| per row
+            x = x * (np.sqrt(self.d_model) / np.linalg.norm(x, axis=-1, keepdims=True))
+        elif norm == "layer_norm":
+            mu = x.mean(axis=-1, keepdims=True)
+            x = x - mu
+            x = x / (x.std(axis=-1, ddof=1, keepdims=True) + 1e-5)  # torch std is the unbiased one
+        elif norm != "none":
             raise FormatError(
-                f"encode() does not support SAELens normalize_activations={norm!r}: the input scaling is not stored with the weights"
+                f"encode() does not support SAELens normalize_activations={norm!r}: its input scaling factor is not "
+                "stored with the weights (fold it into W_enc first, as SAELens' fold_activation_norm_scaling_factor does)"
             )
+        return super()._input(x)
+
+    # -- activation ------------------------------------------------------------------------------------
+
+    def _activate(self, pre: np.ndarray, indices: np.ndarray) -> np.ndarray:
         arch = self.info.activation
         if arch in ("standard", "relu"):
-            return self._relu(self._pre_activations(x, indices))
+            return self._relu(pre)
         if arch in ("jumprelu", "jump_relu"):
             if self._threshold is None:
                 raise FormatError(f"{self.info.resolved_path}: a jumprelu SAE needs a 'threshold' tensor")
-            return self._jumprelu(self._pre_activations(x, indices), indices)
-        if arch == "topk":
-            return self._topk(x, indices)
-        if arch == "gated":
-            return self._gated(x, indices)
+            return self._jumprelu(pre, indices)
         raise FormatError(f"encode() does not support SAELens architecture {arch!r}")
 
-    def _topk(self, x: np.ndarray, indices: list[int]) -> np.ndarray:
+    def _encode(self, x: np.ndarray, indices: list[int]) -> np.ndarray:
+        arch = self.info.activation
+        if arch == "topk":
+            kth = self._topk_cutoffs(x)
+            return self._topk_keep(self._pre_activations(x, indices), kth)
+        if arch == "gated":
+            return self._gated(x, indices)
+        return super()._encode(x, indices)
+
+    def _encode_blocks(self, x: np.ndarray, block_size: int):
+        arch = self.info.activation
+        if arch == "topk":
+            kth = self._topk_cutoffs(x, block_size)
+            for start in range(0, self.d_sae, block_size):
+                idx = list(range(start, min(self.d_sae, start + block_size)))
+                yield start, self._topk_keep(self._pre_activations(x, idx), kth).astype(np.float32)
+            return
+        if arch == "gated":
+            yield from super(LinearSae, self)._encode_blocks(x, block_size)
+            return
+        yield from super()._encode_blocks(x, block_size)
+
+    # -- top-k: which latents survive depends on all of them ---------------------------------------------
+
+    def _k(self) -> int:
         k = self._cfg.get("k") or (self._cfg.get("activation_fn_kwargs") or {}).get("k")
         if not k:
             raise FormatError(f"{self.info.resolved_path}: a topk SAE needs 'k' in cfg.json")
-        # Which latents survive depends on all of them, so this reads the whole encoder.
-        pre = self._pre_activations(x, list(range(self.d_sae)))
-        k = min(int(k), self.d_sae)
-        keep = np.argpartition(-pre, k - 1, axis=1)[:, :k]
-        acts = np.zeros_like(pre)
-        rows = np.arange(pre.shape[0])[:, None]
-        acts[rows, keep] = np.maximum(pre[rows, keep], 0.0)
-        return acts[:, indices]
+        return min(int(k), self.d_sae)
+
+    def _topk_cutoffs(self, x: np.ndarray, block_size: int = 4096) -> np.ndarray:
+        """Per row, the k-th largest pre-activation over all latents, streamed block by block."""
+        k = self._k()
+        best = np.full((x.shape[0], 0), -np.inf)
+        for start in range(0, self.d_sae, block_size):
+            pre = self._pre_activations(x, list(range(start, min(self.d_sae, start + block_size))))
+            both = np.concatenate([best, pre], axis=1)
+            if both.shape[1] > k:
+                both = -np.partition(-both, k - 1, axis=1)[:, :k]
+            best = both
+        return best.min(axis=1, keepdims=True)
+
+    @staticmethod
+    def _topk_keep(pre: np.ndarray, kth: np.ndarray) -> np.ndarray:
+        # SAELens TopK: keep the k largest pre-activations of each row, ReLU them, zero the rest.
+        return np.where(pre >= kth, np.maximum(pre, 0.0), 0.0)
 
     def _gated(self, x: np.ndarray, indices: list[int]) -> np.ndarray:
         try:
             b_gate, r_mag, b_mag = (self._extra[n] for n in ("b_gate", "r_mag", "b_mag"))
         except KeyError:
             raise FormatError(f"{self.info.resolved_path}: a gated SAE needs b_gate, r_mag and b_mag tensors") from None
-        if self._subtract_b_dec and self._b_dec is not None:
-            x = x - self._b_dec.read().astype(np.float64)
+        x = self._input(x)
         w = self._encoder_columns(indices).astype(np.float64)
         gate = x @ w + b_gate.take(indices)
         mag = x @ (w * np.exp(r_mag.take(indices).astype(np.float64))) + b_mag.take(indices)

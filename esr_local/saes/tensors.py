@@ -66,6 +66,14 @@ class Tensor:
             return np.zeros((self.shape[0], 0), np.float32)
         return np.stack([self.col(j) for j in indices], axis=1)
 
+    def row_block(self, start: int, stop: int) -> np.ndarray:
+        """`a[start:stop, :]` of a 2-D array (a contiguous block of rows), float32."""
+        return self.rows(range(start, stop))
+
+    def col_block(self, start: int, stop: int) -> np.ndarray:
+        """`a[:, start:stop]` of a 2-D array (a contiguous block of columns), float32."""
+        return self.cols(range(start, stop))
+
 
 class MemoryTensor(Tensor):
     """An array held in memory."""
@@ -86,6 +94,12 @@ class MemoryTensor(Tensor):
 
     def take(self, indices: Sequence[int]) -> np.ndarray:
         return np.array(self._a[np.asarray(indices, dtype=np.int64)], dtype=np.float32)
+
+    def row_block(self, start: int, stop: int) -> np.ndarray:
+        return np.array(self._a[start:stop, :], dtype=np.float32)
+
+    def col_block(self, start: int, stop: int) -> np.ndarray:
+        return np.array(self._a[:, start:stop], dtype=np.float32)
 
 
 class FileTensor(Tensor):
@@ -161,9 +175,64 @@ class FileTensor(Tensor):
         return raw.astype(np.float32)
 
     def read(self) -> np.ndarray:
-        idx = np.indices(self.shape).reshape(len(self.shape), -1) if self.shape else np.zeros((0, 1), np.int64)
+        # No index array as large as the tensor: 1-D and 0-D arrays go through one gather of their
+        # (few) elements, 2-D arrays are read one block of rows at a time.
+        if len(self.shape) == 2:
+            return self.row_block(0, self.shape[0])
+        if len(self.shape) == 0:
+            return self._gather(np.zeros(1, np.int64)).reshape(())
+        if len(self.shape) == 1:
+            return self._gather(np.arange(self.shape[0], dtype=np.int64) * self.strides[0])
+        idx = np.indices(self.shape).reshape(len(self.shape), -1)  # >2-D: rare, small
         offs = (idx * np.array(self.strides, dtype=np.int64)[:, None]).sum(axis=0)
         return self._gather(offs).reshape(self.shape)
+
+    def _span(self, first_elem: int, n_elems: int, fd: int) -> np.ndarray:
+        """`n_elems` consecutive stored elements starting at element `first_elem` (one pread)."""
+        start = self.offset + first_elem * self.itemsize
+        length = n_elems * self.itemsize
+        buf = os.pread(fd, length, start)
+        if len(buf) != length:
+            raise FormatError(f"short read in {self.path} at byte {start}: the file is truncated; download it again")
+        return np.frombuffer(buf, dtype=self._np)
+
+    def _block(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """`a[r0:r1, c0:c1]` of a 2-D array, reading only spans of stored elements that hold it.
+
+        Whichever axis has unit stride is read in runs (one pread per run); a block with no unit-stride
+        axis falls back to the element gather, one row at a time.
+        """
+        rows, cols = r1 - r0, c1 - c0
+        out = np.empty((rows, cols), dtype=np.float32)
+        if rows <= 0 or cols <= 0:
+            return out
+        s0, s1 = self.strides
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            if s1 == 1 and s0 == self.shape[1] and cols == self.shape[1]:
+                # Whole rows of a C-contiguous array: one run, read in pieces of at most ~64 MB.
+                per = max(1, (64 << 20) // max(1, cols * self.itemsize))
+                for a in range(r0, r1, per):
+                    b = min(r1, a + per)
+                    out[a - r0 : b - r0] = self._to_f32(self._span(a * s0, (b - a) * cols, fd).reshape(b - a, cols))
+            elif s1 == 1:
+                for i in range(rows):
+                    out[i] = self._to_f32(self._span((r0 + i) * s0 + c0, cols, fd))
+            elif s0 == 1:
+                for j in range(cols):
+                    out[:, j] = self._to_f32(self._span((c0 + j) * s1 + r0, rows, fd))
+            else:
+                for i in range(rows):
+                    out[i] = self._gather((r0 + i) * s0 + (c0 + np.arange(cols, dtype=np.int64)) * s1)
+        finally:
+            os.close(fd)
+        return out
+
+    def row_block(self, start: int, stop: int) -> np.ndarray:
+        return self._block(start, stop, 0, self.shape[1])
+
+    def col_block(self, start: int, stop: int) -> np.ndarray:
+        return self._block(0, self.shape[0], start, stop)
 
     def row(self, i: int) -> np.ndarray:
         return self._gather(i * self.strides[0] + np.arange(self.shape[1], dtype=np.int64) * self.strides[1])
@@ -211,6 +280,12 @@ class SafetensorsTensor(Tensor):
         if not len(indices):
             return np.zeros((self.shape[0], 0), np.float32)
         return self._with_slice(lambda s: np.stack([np.asarray(s[:, int(j)], np.float32) for j in indices], axis=1))
+
+    def row_block(self, start: int, stop: int) -> np.ndarray:
+        return self._with_slice(lambda s: np.array(s[start:stop], dtype=np.float32).reshape(-1, self.shape[1]))
+
+    def col_block(self, start: int, stop: int) -> np.ndarray:
+        return self._with_slice(lambda s: np.array(s[:, start:stop], dtype=np.float32).reshape(self.shape[0], -1))
 
 
 _ST_DTYPES = {"F32": "float32", "F16": "float16", "F64": "float64", "BF16": "bfloat16"}
