@@ -24,70 +24,10 @@ import numpy as np
 
 from .cvec import apply_to_context
 from .errors import BackendError, FormatError, MissingResourceError, UserInputError
+from .sampling import SamplingParams, check_seed, make_sampler, resolve_sampling
 
-# ---------------------------------------------------------------------------------------------- sampling
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """Sampling settings. Defaults are the paper's: T=0.6, 512 tokens, repetition penalty 1.1 over the
-    whole context (prompt included, as vLLM applies it), top-k / top-p / min-p off."""
-
-    temperature: float = 0.6
-    max_tokens: int = 512
-    repetition_penalty: float = 1.1
-    top_k: int = 0
-    top_p: float = 1.0
-    min_p: float = 0.0
-
-    def validate(self) -> SamplingParams:
-        """Raise UserInputError for values llama.cpp would misread."""
-        if not (self.temperature >= 0 and np.isfinite(self.temperature)):
-            raise UserInputError(f"temperature must be >= 0, got {self.temperature}")
-        if self.max_tokens < 1:
-            raise UserInputError(f"max tokens must be at least 1, got {self.max_tokens}")
-        if not (self.repetition_penalty > 0 and np.isfinite(self.repetition_penalty)):
-            raise UserInputError(f"repetition penalty must be > 0 (1.0 = off), got {self.repetition_penalty}")
-        if self.top_k < 0 or not (0 < self.top_p <= 1) or not (0 <= self.min_p < 1):
-            raise UserInputError("top-k must be >= 0 (0 = off), top-p in (0, 1] and min-p in [0, 1)")
-        return self
-
-
-def resolve_sampling(defaults=None, *, temperature: float | None = None, max_tokens: int | None = None,
-                     repetition_penalty: float | None = None, top_k: int = 0, top_p: float = 1.0,
-                     min_p: float = 0.0) -> SamplingParams:
-    """Options given by the user win; then the catalog entry's defaults (`PaperDefaults`); then the paper's."""
-    paper = SamplingParams()
-    d = defaults or paper
-    return SamplingParams(
-        temperature=temperature if temperature is not None else d.temperature,
-        max_tokens=max_tokens or d.max_tokens,
-        repetition_penalty=repetition_penalty if repetition_penalty is not None else d.repetition_penalty,
-        top_k=top_k, top_p=top_p, min_p=min_p,
-    ).validate()
-
-
-def _make_sampler(params: SamplingParams, seed: int, n_ctx: int, n_vocab: int):
-    """A llama.cpp sampler chain: penalties -> [top-k] -> [top-p] -> [min-p] -> temperature -> draw."""
-    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-    add = llama_cpp.llama_sampler_chain_add
-    if params.repetition_penalty != 1.0:
-        # penalty_last_n = n_ctx: the whole context, prompt included (the prompt tokens are accepted into
-        # the sampler's history before decoding). 0 would switch the penalty off.
-        add(chain, llama_cpp.llama_sampler_init_penalties(n_vocab, n_ctx, params.repetition_penalty, 0.0, 0.0))
-    if params.temperature == 0:
-        add(chain, llama_cpp.llama_sampler_init_greedy())
-        return chain
-    if params.top_k > 0:
-        add(chain, llama_cpp.llama_sampler_init_top_k(params.top_k))
-    if params.top_p < 1.0:
-        add(chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
-    if params.min_p > 0.0:
-        add(chain, llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
-    add(chain, llama_cpp.llama_sampler_init_temp(params.temperature))
-    add(chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-    return chain
-
+_make_sampler = make_sampler  # the old private name, kept for tests and benches
+__all__ = ["Generation", "SamplingParams", "SteeredModel", "check_seed", "resolve_sampling", "system_info"]
 
 # ---------------------------------------------------------------------------------------------- results
 
@@ -307,21 +247,34 @@ class SteeredModel:
             return []
         if k > self.n_seq or len(seeds) != k:
             raise UserInputError(f"generate_many got {k} prompts and {len(seeds)} seeds for a context of {self.n_seq} sequences")
+        for s in seeds:
+            check_seed(s)
         prompt_texts = [self.format_prompt(t) for t in user_texts]
         prompts = [self.tokenize(t) for t in prompt_texts]
         for toks in prompts:
-            if len(toks) + sampling.max_tokens > self.n_ctx:
-                raise UserInputError(
-                    f"the prompt ({len(toks)} tokens) plus max tokens ({sampling.max_tokens}) exceeds the context "
-                    f"of {self.n_ctx} tokens; raise --n-ctx or lower --max-tokens"
-                )
+            self._check_fits(len(toks), sampling.max_tokens)
         self._clear_memory()
-        samplers = [_make_sampler(sampling, int(s), self.n_ctx, self.n_vocab) for s in seeds]
+        samplers = [make_sampler(sampling, int(s), self.n_ctx, self.n_vocab) for s in seeds]
         try:
             return self._decode_loop(prompt_texts, prompts, samplers, sampling, seeds, on_text)
         finally:
             for smpl in samplers:
                 llama_cpp.llama_sampler_free(smpl)
+
+    def _check_fits(self, n_prompt_tokens: int, max_tokens: int) -> None:
+        if n_prompt_tokens + max_tokens > self.n_ctx:
+            raise UserInputError(
+                f"the prompt ({n_prompt_tokens} tokens) plus max tokens ({max_tokens}) exceeds the context "
+                f"of {self.n_ctx} tokens; raise --n-ctx or lower --max-tokens"
+            )
+
+    def fit_error(self, user_text: str, max_tokens: int) -> str | None:
+        """Why `user_text` cannot be generated in this context (too long), or None when it fits."""
+        try:
+            self._check_fits(len(self.tokenize(self.format_prompt(user_text))), max_tokens)
+        except UserInputError as exc:
+            return str(exc)
+        return None
 
     def _fill(self, entries: list[tuple[int, int, int, bool]]) -> None:
         """Load (token, pos, seq, want_logits) rows into the batch and decode it."""

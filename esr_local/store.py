@@ -26,8 +26,8 @@ from .errors import EsrError, MissingResourceError, UserInputError
 from .ids import new_id
 from .store_schema import MIGRATIONS, RUN_SETTING_COLUMNS
 
-RUN_STATUSES = ("started", "success", "error", "cancelled")
-TERMINAL_STATUSES = ("success", "error", "cancelled")
+RUN_STATUSES = ("started", "success", "partial", "error", "cancelled")
+TERMINAL_STATUSES = ("success", "partial", "error", "cancelled")
 BOOST_SOURCES = ("calibrated", "given", "imported", "replayed", "none")
 CALIBRATION_KEY_COLUMNS = ("model_sha256", "sae_source", "latent", "layer", "judge", "settings_hash")
 
@@ -36,8 +36,8 @@ _TRIAL_COLUMNS = (
     "response", "prompt_tokens", "completion_tokens", "stop_reason", "generation_ms", "error", "created_utc",
 )
 _JUDGMENT_COLUMNS = (
-    "judge_backend", "judge_model", "rubric_version", "raw_output", "parse_status", "error", "tries",
-    "latency_ms", "restart_gating", "n_attempts_raw", "created_utc",
+    "judge_key", "judge_spec", "judge_backend", "judge_model", "rubric_version", "raw_output", "parse_status",
+    "error", "errors_json", "tries", "latency_ms", "restart_gating", "n_attempts_raw", "created_utc",
 )
 _LIST_RUNS_HINT = "run `esr-local runs` to list the runs in this database"
 
@@ -111,8 +111,18 @@ class Store:
         # Migrate under the write lock so two processes opening a new file at once cannot both apply a
         # step; a database that is already current is only read.
         if MIGRATIONS.pending(self.db):
-            with self.transaction():
-                MIGRATIONS.apply(self.db)
+            # Some steps rebuild a table (SQLite cannot alter a CHECK constraint); foreign keys must be off
+            # for that, and the pragma only takes effect outside a transaction.
+            self.db.execute("PRAGMA foreign_keys = OFF")
+            try:
+                with self.transaction():
+                    MIGRATIONS.apply(self.db)
+                    broken = self.db.execute("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise EsrError(f"migrating {self.path} would break {len(broken)} references; "
+                                       "the database was left as it was")
+            finally:
+                self.db.execute("PRAGMA foreign_keys = ON")
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -184,11 +194,54 @@ class Store:
         return row
 
     def list_runs(self) -> list[dict[str, Any]]:
-        """All `runs` rows, oldest first, each with an extra `n_trials` count."""
-        return self._query(
-            "SELECT runs.*, (SELECT COUNT(*) FROM trials WHERE trials.run_id = runs.id) AS n_trials "
-            "FROM runs ORDER BY id"
+        """All `runs` rows, oldest first, each with an extra `n_trials` count and `display_status`: the
+        status, except that a `started` run whose executing process is gone shows as `interrupted`."""
+        rows = self._query(
+            "SELECT runs.*, (SELECT COUNT(*) FROM trials WHERE trials.run_id = runs.id) AS n_trials, "
+            "l.pid AS lease_pid, l.host AS lease_host, l.process_start AS lease_process_start "
+            "FROM runs LEFT JOIN run_leases l ON l.run_id = runs.id ORDER BY id"
         )
+        from .leases import holder_alive
+
+        for row in rows:
+            status = row["status"]
+            if status == "started" and row["experiment"] != "import":
+                lease = None if row["lease_pid"] is None else {
+                    "pid": row["lease_pid"], "host": row["lease_host"], "process_start": row["lease_process_start"]}
+                if lease is None or not holder_alive(lease):
+                    status = "interrupted"
+                else:
+                    status = "running"
+            row["display_status"] = status
+        return rows
+
+    # -- leases -------------------------------------------------------------------------------------
+
+    def lease(self, run_id: str) -> dict[str, Any] | None:
+        """The lease row of a run (pid, host, process_start, acquired_utc), or None."""
+        rows = self._query("SELECT * FROM run_leases WHERE run_id = ?", (run_id,))
+        return rows[0] if rows else None
+
+    def take_lease(self, run_id: str, holder: dict[str, Any], *, is_alive) -> dict[str, Any] | None:
+        """Make `holder` (pid, host, process_start) the run's executing process, atomically. Returns None
+        on success, or the current holder's row when `is_alive(row)` says it still runs."""
+        with self.transaction():
+            rows = self._query("SELECT * FROM run_leases WHERE run_id = ?", (run_id,))
+            if rows and is_alive(rows[0]) and (rows[0]["pid"], rows[0]["host"]) != (holder["pid"], holder["host"]):
+                return rows[0]
+            self.db.execute(
+                "INSERT INTO run_leases (run_id, pid, host, process_start, acquired_utc) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (run_id) DO UPDATE SET pid = excluded.pid, host = excluded.host, "
+                "process_start = excluded.process_start, acquired_utc = excluded.acquired_utc",
+                (run_id, holder["pid"], holder["host"], holder.get("process_start"), utc_now()),
+            )
+        return None
+
+    def release_lease(self, run_id: str, holder: dict[str, Any]) -> None:
+        """Drop the run's lease if `holder` still holds it."""
+        with self.transaction():
+            self.db.execute("DELETE FROM run_leases WHERE run_id = ? AND pid = ? AND host = ?",
+                            (run_id, holder["pid"], holder["host"]))
 
     def record_session(self, run_id: str, *, command_line: str | None, versions: dict, system_info: str,
                        machine: dict) -> int:
@@ -240,21 +293,26 @@ class Store:
         boost_source: str,
         calibration_id: int | None = None,
         error: str | None = None,
+        achieved_score: float | None = None,
+        flags: str | None = None,
     ) -> None:
-        """Insert or replace the record of one latent of a run (its label, decoder-row norm, boost...)."""
+        """Insert or replace the record of one latent of a run (its label, decoder-row norm, boost, the
+        score re-measured at a calibrated boost and the calibration flags)."""
         if boost_source not in BOOST_SOURCES:
             raise UserInputError(f"boost_source must be one of {', '.join(BOOST_SOURCES)}, got {boost_source!r}")
         with self.transaction():
             self.db.execute(
                 """
-                INSERT INTO latents (run_id, latent, label, row_norm, boost, boost_source, calibration_id, error)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                INSERT INTO latents (run_id, latent, label, row_norm, boost, boost_source, calibration_id, error,
+                                     achieved_score, flags)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT (run_id, latent) DO UPDATE SET
                     label = excluded.label, row_norm = excluded.row_norm, boost = excluded.boost,
                     boost_source = excluded.boost_source, calibration_id = excluded.calibration_id,
-                    error = excluded.error
+                    error = excluded.error, achieved_score = excluded.achieved_score, flags = excluded.flags
                 """,
-                (run_id, int(latent), label, row_norm, boost, boost_source, calibration_id, error),
+                (run_id, int(latent), label, row_norm, boost, boost_source, calibration_id, error,
+                 achieved_score, flags),
             )
 
     def latents(self, run_id: str) -> list[dict[str, Any]]:
@@ -271,15 +329,58 @@ class Store:
         return {(r["condition"], r["latent"], r["prompt_index"], r["replicate"]) for r in rows}
 
     def delete_failed_trials(self, run_id: str) -> int:
-        """Remove a run's trials that failed (generation error, or a judgment that could not be parsed),
-        with their judgments and attempts, so a resume runs them again. Returns how many were removed."""
-        failed = "SELECT t.id FROM trials t LEFT JOIN judgments j ON j.trial_id = t.id " \
-                 "WHERE t.run_id = ? AND (t.error IS NOT NULL OR j.parse_status = 'error')"
+        """Remove a run's trials whose generation failed, with any judgments and attempts, so a resume
+        generates them again. Trials with a response are kept (a failed judgment is re-judged, see
+        `trials_to_judge`). Returns how many were removed."""
+        failed = "SELECT id FROM trials WHERE run_id = ? AND error IS NOT NULL"
         with self.transaction():
             ids = [r[0] for r in self.db.execute(failed, (run_id,)).fetchall()]
             for table, column in (("attempts", "trial_id"), ("judgments", "trial_id"), ("trials", "id")):
                 self.db.conn.executemany(f"DELETE FROM {table} WHERE {column} = ?", [(i,) for i in ids])
         return len(ids)
+
+    def trials_to_judge(self, run_id: str, judge_key: str, *, only_failed: bool = False) -> list[dict[str, Any]]:
+        """Trials of a run with a response whose judgment by `judge_key` is missing or failed (only the
+        failed ones with only_failed), in trial order."""
+        cond = "j.parse_status = 'error'" if only_failed else "(j.id IS NULL OR j.parse_status = 'error')"
+        return self._query(
+            "SELECT t.* FROM trials t LEFT JOIN judgments j ON j.trial_id = t.id AND j.judge_key = ? "
+            f"WHERE t.run_id = ? AND t.error IS NULL AND t.response IS NOT NULL AND {cond} "
+            "ORDER BY t.condition, t.latent, t.prompt_index, t.replicate",
+            (judge_key, run_id),
+        )
+
+    def judge_keys(self, run_id: str) -> list[dict[str, Any]]:
+        """The judges that graded a run: judge_key, judge_spec, n judgments and n failed, by key."""
+        return self._query(
+            "SELECT j.judge_key, MIN(j.judge_spec) AS judge_spec, COUNT(*) AS n, "
+            "SUM(j.parse_status = 'error') AS n_failed FROM judgments j JOIN trials t ON t.id = j.trial_id "
+            "WHERE t.run_id = ? GROUP BY j.judge_key ORDER BY j.judge_key", (run_id,))
+
+    def record_judgment(self, trial_id: str, judgment: dict[str, Any], attempts: list[dict[str, Any]]) -> None:
+        """Write (or replace) the judgment of one trial by one judge (`judgment["judge_key"]`) and its
+        attempts, in one transaction; the trial and other judges' judgments are untouched."""
+        with self.transaction():
+            row = self._judgment_row(trial_id, judgment)
+            old = self.db.execute("SELECT id FROM judgments WHERE trial_id = ? AND judge_key = ?",
+                                  (trial_id, row["judge_key"])).fetchone()
+            if old:
+                self.db.execute("DELETE FROM attempts WHERE judgment_id = ?", (old[0],))
+                self.db.execute("DELETE FROM judgments WHERE id = ?", (old[0],))
+            self._insert_judgment(trial_id, row, attempts)
+
+    def _insert_judgment(self, trial_id: str, row: dict[str, Any], attempts: list[dict[str, Any]]) -> None:
+        judgment_id = self.db["judgments"].insert(row).last_pk
+        self.db["attempts"].insert_all(
+            {
+                "judgment_id": judgment_id,
+                "trial_id": trial_id,
+                "attempt_index": index,
+                "text": attempt.get("text", attempt.get("attempt_text")),
+                "score": None if attempt.get("score") is None else float(attempt["score"]),
+            }
+            for index, attempt in enumerate(attempts)
+        )
 
     def merge_run_settings(self, run_id: str, values: dict[str, Any]) -> None:
         """Add keys to a run's settings_json (values decided during execution that a resume must reuse)."""
@@ -326,16 +427,7 @@ class Store:
                     f"trial {trial_id} is already recorded; skip the keys from finished_trial_keys() when resuming"
                 ) from exc
             if judgment is not None:
-                self.db["judgments"].insert(self._judgment_row(trial_id, judgment))
-                self.db["attempts"].insert_all(
-                    {
-                        "trial_id": trial_id,
-                        "attempt_index": index,
-                        "text": attempt.get("text", attempt.get("attempt_text")),
-                        "score": None if attempt.get("score") is None else float(attempt["score"]),
-                    }
-                    for index, attempt in enumerate(attempts)
-                )
+                self._insert_judgment(trial_id, self._judgment_row(trial_id, judgment), attempts)
         return trial_id
 
     @staticmethod
@@ -344,33 +436,49 @@ class Store:
         status = judgment.get("parse_status") or ("error" if judgment.get("error") else "ok")
         if status not in ("ok", "error"):
             raise UserInputError(f"parse_status must be 'ok' or 'error', got {status!r}")
-        extra = _extra(judgment, skip={*_JUDGMENT_COLUMNS, "attempts", "trial_id"})
-        row.update(trial_id=trial_id, parse_status=status, created_utc=judgment.get("created_utc") or utc_now(),
-                   extra_json=_json(extra))
+        extra = _extra(judgment, skip={*_JUDGMENT_COLUMNS, "attempts", "trial_id", "errors"})
+        errors = judgment.get("errors")
+        if errors is None:
+            errors = [judgment["error"]] if judgment.get("error") else []
+        key = judgment.get("judge_key") or f"{judgment.get('judge_backend') or 'unknown'}:{judgment.get('judge_model') or ''}"
+        row.update(trial_id=trial_id, judge_key=key, parse_status=status,
+                   created_utc=judgment.get("created_utc") or utc_now(), extra_json=_json(extra),
+                   errors_json=_json([str(e) for e in errors]))
         return row
 
-    def trials(self, run_id: str) -> list[dict[str, Any]]:
+    def run_judge_key(self, run_id: str) -> str | None:
+        """The judge whose judgments are a run's results (None for runs without one, e.g. imports)."""
+        rows = self._query("SELECT judge_key FROM runs WHERE id = ?", (run_id,))
+        return rows[0]["judge_key"] if rows else None
+
+    def trials(self, run_id: str, judge_key: str | None = None) -> list[dict[str, Any]]:
         """The trials of a run ordered by (condition, latent, prompt_index, replicate). Each is the
-        `trials` row plus `judgment` (the `judgments` row or None) and `attempts` (rows in order)."""
+        `trials` row plus `judgment` (the `judgments` row by `judge_key`, default the run's own judge; or
+        None) and `attempts` (that judgment's attempt rows in order). A run without a judge key (an
+        import) shows each trial's only judgment."""
+        key = judge_key or self.run_judge_key(run_id)
         trials = self._query(
             "SELECT * FROM trials WHERE run_id = ? ORDER BY condition, latent, prompt_index, replicate", (run_id,)
         )
+        where, params = ("AND j.judge_key = ?", (run_id, key)) if key else ("", (run_id,))
         judgments = {
             row["trial_id"]: row
             for row in self._query(
-                "SELECT j.* FROM judgments j JOIN trials t ON t.id = j.trial_id WHERE t.run_id = ?", (run_id,)
+                f"SELECT j.* FROM judgments j JOIN trials t ON t.id = j.trial_id WHERE t.run_id = ? {where} ORDER BY j.id",
+                params,
             )
         }
-        attempts: dict[str, list[dict[str, Any]]] = {}
+        attempts: dict[int, list[dict[str, Any]]] = {}
         for row in self._query(
             "SELECT a.* FROM attempts a JOIN trials t ON t.id = a.trial_id WHERE t.run_id = ? "
-            "ORDER BY a.trial_id, a.attempt_index",
+            "ORDER BY a.judgment_id, a.attempt_index",
             (run_id,),
         ):
-            attempts.setdefault(row["trial_id"], []).append(row)
+            attempts.setdefault(row["judgment_id"], []).append(row)
         for trial in trials:
-            trial["judgment"] = judgments.get(trial["id"])
-            trial["attempts"] = attempts.get(trial["id"], [])
+            j = judgments.get(trial["id"])
+            trial["judgment"] = j
+            trial["attempts"] = attempts.get(j["id"], []) if j else []
         return trials
 
     # -- calibrations -------------------------------------------------------------------------------

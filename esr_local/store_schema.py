@@ -24,6 +24,7 @@ RUN_SETTING_COLUMNS: tuple[str, ...] = (
     "chat_template_mode", "temperature", "max_tokens", "repetition_penalty", "top_k", "top_p", "min_p", "n_ctx",
     "judge_backend", "judge_model", "rubric_version", "restart_gating", "prompts_file", "prompts_sha256",
     "prompts_per_latent", "replicates", "seed_base", "source_run_id", "source_file",
+    "judge_key", "spec_json", "summary_json",
 )
 
 
@@ -290,3 +291,249 @@ def m005_run_sessions(db: Database) -> None:
         """
     )
     db.execute("CREATE INDEX run_sessions_run_id ON run_sessions(run_id)")
+
+
+# Columns of `runs` before m006 (copied as they are when the table is rebuilt).
+_RUNS_V1_COLUMNS = (
+    "id", "created_utc", "finished_utc", "status", "error", "experiment", "command_line", "esr_local_version",
+    "llama_cpp_python_version", "llama_cpp_system_info", "model_name", "model_path", "model_sha256", "sae_source",
+    "sae_family", "feature_layer", "steering_layer", "chat_template_mode", "temperature", "max_tokens",
+    "repetition_penalty", "top_k", "top_p", "min_p", "n_ctx", "judge_backend", "judge_model", "rubric_version",
+    "restart_gating", "prompts_file", "prompts_sha256", "prompts_per_latent", "replicates", "seed_base",
+    "source_run_id", "source_file", "settings_json",
+)
+
+
+@MIGRATIONS()
+def m006_runs_partial_spec(db: Database) -> None:
+    """Runs gain the `partial` status (some latent or trial failed), the frozen run spec, the judge that
+    grades the run (`judge_key`) and the end-of-execution summary (failure counts).
+
+    SQLite cannot change a CHECK constraint in place, so the table is rebuilt (the Store turns foreign
+    keys off around migrations; the ids do not change, so the references stay valid)."""
+    db.execute(
+        """
+        CREATE TABLE runs_v2 (
+            id TEXT PRIMARY KEY,
+            created_utc TEXT NOT NULL,
+            finished_utc TEXT,
+            status TEXT NOT NULL DEFAULT 'started'
+                CHECK (status IN ('started', 'success', 'partial', 'error', 'cancelled')),
+            error TEXT,
+            experiment TEXT, command_line TEXT, esr_local_version TEXT, llama_cpp_python_version TEXT,
+            llama_cpp_system_info TEXT, model_name TEXT, model_path TEXT, model_sha256 TEXT, sae_source TEXT,
+            sae_family TEXT, feature_layer INTEGER, steering_layer INTEGER, chat_template_mode TEXT,
+            temperature REAL, max_tokens INTEGER, repetition_penalty REAL, top_k INTEGER, top_p REAL, min_p REAL,
+            n_ctx INTEGER, judge_backend TEXT, judge_model TEXT, rubric_version TEXT, restart_gating,
+            prompts_file TEXT, prompts_sha256 TEXT, prompts_per_latent INTEGER, replicates INTEGER,
+            seed_base INTEGER, source_run_id TEXT, source_file TEXT,
+            settings_json TEXT NOT NULL DEFAULT '{}',
+            judge_key TEXT,                   -- the judge whose judgments are this run's results
+            spec_json TEXT,                   -- the frozen run spec (esr_local.runs.spec.RunSpec); resume reads only this
+            summary_json TEXT                 -- counts of planned/failed calibrations, generations, judgments
+        )
+        """
+    )
+    cols = ", ".join(_RUNS_V1_COLUMNS)
+    db.execute(f"INSERT INTO runs_v2 ({cols}) SELECT {cols} FROM runs")
+    db.execute("DROP TABLE runs")
+    db.execute("ALTER TABLE runs_v2 RENAME TO runs")
+
+
+@MIGRATIONS()
+def m007_latent_flags(db: Database) -> None:
+    """Calibration flags per latent: a boost at a bound, or a re-measured score far from the target."""
+    db.execute("ALTER TABLE latents ADD COLUMN achieved_score REAL")  # re-measured first-attempt score, 0-1
+    db.execute("ALTER TABLE latents ADD COLUMN flags TEXT")  # '; '-joined reasons, NULL when not flagged
+
+
+def _metrics_view(name: str, group: str, where: str) -> str:
+    """The run_metrics arithmetic over trial_outcomes rows matching `where`, grouped by `group` columns.
+
+    Rates in percent with binomial SEs sqrt(p(1-p)/N)*100; means with SE = stdev(ddof=1)/sqrt(count).
+    NULL where undefined (no counted trials, no multi-attempt trials, fewer than two values for a mean's SE)."""
+    keys = [c.strip() for c in group.split(",")]
+    join = " AND ".join(f"sp.{k} = s.{k}" for k in keys)
+    join_o = " AND ".join(f"o.{k} = s.{k}" for k in keys)
+    return f"""
+        CREATE VIEW {name} AS
+        WITH sums AS (
+            SELECT {group},
+                SUM(counted) AS n,
+                SUM(is_multi_attempt) AS multi_attempt_count,
+                SUM(is_improved) AS improved_count,
+                AVG(CASE WHEN counted = 1 THEN first_score END) AS mean_first_score,
+                AVG(CASE WHEN is_multi_attempt = 1 THEN last_score - first_score END) AS mean_score_improvement
+            FROM trial_outcomes WHERE {where}
+            GROUP BY {group}
+        ),
+        spread AS (
+            SELECT {", ".join(f"o.{k}" for k in keys)},
+                SUM(CASE WHEN o.counted = 1
+                    THEN (o.first_score - s.mean_first_score) * (o.first_score - s.mean_first_score) END)
+                    AS ss_first,
+                SUM(CASE WHEN o.is_multi_attempt = 1
+                    THEN (o.last_score - o.first_score - s.mean_score_improvement)
+                       * (o.last_score - o.first_score - s.mean_score_improvement) END)
+                    AS ss_improvement
+            FROM trial_outcomes o JOIN sums s ON {join_o}
+            WHERE {" AND ".join("o." + w.strip() for w in where.split(" AND "))}
+            GROUP BY {", ".join(f"o.{k}" for k in keys)}
+        ),
+        props AS (
+            SELECT s.*, sp.ss_first, sp.ss_improvement,
+                CASE WHEN s.n > 0 THEN CAST(s.multi_attempt_count AS REAL) / s.n END AS p_multi,
+                CASE WHEN s.n > 0 THEN CAST(s.improved_count AS REAL) / s.n END AS p_esr,
+                CASE WHEN s.multi_attempt_count > 0
+                     THEN CAST(s.improved_count AS REAL) / s.multi_attempt_count END AS p_improvement
+            FROM sums s JOIN spread sp ON {join}
+        )
+        SELECT
+            {group}, n, multi_attempt_count, improved_count,
+            100.0 * p_multi AS multi_attempt_rate,
+            100.0 * sqrt(p_multi * (1.0 - p_multi) / n) AS multi_attempt_rate_se,
+            100.0 * p_esr AS esr_rate,
+            100.0 * sqrt(p_esr * (1.0 - p_esr) / n) AS esr_rate_se,
+            100.0 * p_improvement AS improvement_rate,
+            100.0 * sqrt(p_improvement * (1.0 - p_improvement) / multi_attempt_count) AS improvement_rate_se,
+            mean_first_score,
+            CASE WHEN n >= 2 THEN sqrt(ss_first / (n - 1)) / sqrt(n) END AS mean_first_score_se,
+            mean_score_improvement,
+            CASE WHEN multi_attempt_count >= 2
+                 THEN sqrt(ss_improvement / (multi_attempt_count - 1)) / sqrt(multi_attempt_count) END
+                AS mean_score_improvement_se
+        FROM props
+        ORDER BY {group}
+    """
+
+
+@MIGRATIONS()
+def m008_judgments_by_judge(db: Database) -> None:
+    """Judgments keyed by (trial, judge), so one run's responses can be graded by several judges; every
+    failed try's error is kept (`errors_json`). Attempts belong to a judgment. The metric views gain the
+    judge: `run_metrics` counts each run's own judge (runs.judge_key), `judge_metrics` every judge."""
+    db.execute("DROP VIEW run_metrics")
+    db.execute("DROP VIEW trial_outcomes")
+    db.execute(
+        """
+        CREATE TABLE judgments_v2 (
+            id INTEGER PRIMARY KEY,
+            trial_id TEXT NOT NULL REFERENCES trials(id),
+            judge_key TEXT NOT NULL,          -- backend:model:hash of the judge's description (esr_local.runs.judging)
+            judge_spec TEXT,                  -- the --judge value that built it
+            judge_backend TEXT,
+            judge_model TEXT,
+            rubric_version TEXT,
+            raw_output TEXT,
+            parse_status TEXT NOT NULL CHECK (parse_status IN ('ok', 'error')),
+            error TEXT,                       -- the last failure
+            errors_json TEXT NOT NULL DEFAULT '[]',  -- every failed try, in order
+            tries INTEGER,
+            latency_ms REAL,
+            restart_gating,
+            n_attempts_raw INTEGER,
+            created_utc TEXT NOT NULL,
+            extra_json TEXT NOT NULL DEFAULT '{}',
+            UNIQUE (trial_id, judge_key)
+        )
+        """
+    )
+    legacy_key = "COALESCE(judge_backend, 'unknown') || ':' || COALESCE(judge_model, '') || ':legacy'"
+    db.execute(
+        f"""
+        INSERT INTO judgments_v2 (trial_id, judge_key, judge_backend, judge_model, rubric_version, raw_output,
+            parse_status, error, errors_json, tries, latency_ms, restart_gating, n_attempts_raw, created_utc, extra_json)
+        SELECT trial_id, {legacy_key}, judge_backend, judge_model, rubric_version, raw_output, parse_status, error,
+            CASE WHEN error IS NULL THEN '[]' ELSE json_array(error) END, tries, latency_ms, restart_gating,
+            n_attempts_raw, created_utc, extra_json
+        FROM judgments
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE attempts_v2 (
+            judgment_id INTEGER NOT NULL REFERENCES judgments(id),
+            trial_id TEXT NOT NULL,           -- the judged trial (denormalised for easy queries)
+            attempt_index INTEGER NOT NULL,   -- 0-based, in the order the judge listed them
+            text TEXT,
+            score REAL,                       -- 0-100; NULL when the judge gave none (dropped by the metrics)
+            PRIMARY KEY (judgment_id, attempt_index)
+        )
+        """
+    )
+    db.execute(
+        """
+        INSERT INTO attempts_v2 (judgment_id, trial_id, attempt_index, text, score)
+        SELECT j.id, a.trial_id, a.attempt_index, a.text, a.score
+        FROM attempts a JOIN judgments_v2 j ON j.trial_id = a.trial_id
+        """
+    )
+    db.execute("DROP TABLE attempts")
+    db.execute("DROP TABLE judgments")
+    db.execute("ALTER TABLE judgments_v2 RENAME TO judgments")
+    db.execute("ALTER TABLE attempts_v2 RENAME TO attempts")
+    db.execute("CREATE INDEX attempts_trial_id ON attempts(trial_id)")
+    db.execute(
+        """
+        UPDATE runs SET judge_key = (SELECT MIN(j.judge_key) FROM judgments j JOIN trials t ON t.id = j.trial_id
+                                     WHERE t.run_id = runs.id)
+        WHERE judge_key IS NULL
+        """
+    )
+    # trial_outcomes: one row per (trial, judgment); a trial without a judgment appears once under its
+    # run's judge. Counted when neither the trial, its latent nor the judgment has an error and at least
+    # one attempt has a score; NULL scores are ignored before counting attempts. is_run_judge marks the
+    # judgments that are the run's own results; latent_flagged marks latents flagged by calibration.
+    db.execute(
+        """
+        CREATE VIEW trial_outcomes AS
+        SELECT
+            trial_id, judgment_id, judge_key, is_run_judge, run_id, condition, latent, prompt_index, replicate,
+            boost, latent_flagged, has_error,
+            CASE WHEN has_error = 0 AND n_scored_attempts > 0 THEN 1 ELSE 0 END AS counted,
+            n_scored_attempts, first_score, last_score,
+            CASE WHEN has_error = 0 AND n_scored_attempts > 1 THEN 1 ELSE 0 END AS is_multi_attempt,
+            CASE WHEN has_error = 0 AND n_scored_attempts > 1 AND last_score > first_score
+                 THEN 1 ELSE 0 END AS is_improved
+        FROM (
+            SELECT
+                t.id AS trial_id, j.id AS judgment_id, COALESCE(j.judge_key, r.judge_key) AS judge_key,
+                CASE WHEN j.id IS NULL OR r.judge_key IS NULL OR j.judge_key = r.judge_key THEN 1 ELSE 0 END
+                    AS is_run_judge,
+                t.run_id, t.condition, t.latent, t.prompt_index, t.replicate, t.boost,
+                CASE WHEN COALESCE(l.flags, '') <> '' THEN 1 ELSE 0 END AS latent_flagged,
+                CASE WHEN COALESCE(t.error, '') <> '' OR COALESCE(l.error, '') <> ''
+                          OR COALESCE(j.parse_status, 'ok') <> 'ok'
+                     THEN 1 ELSE 0 END AS has_error,
+                (SELECT COUNT(*) FROM attempts a
+                  WHERE a.judgment_id = j.id AND a.score IS NOT NULL) AS n_scored_attempts,
+                (SELECT a.score FROM attempts a WHERE a.judgment_id = j.id AND a.score IS NOT NULL
+                  ORDER BY a.attempt_index LIMIT 1) AS first_score,
+                (SELECT a.score FROM attempts a WHERE a.judgment_id = j.id AND a.score IS NOT NULL
+                  ORDER BY a.attempt_index DESC LIMIT 1) AS last_score
+            FROM trials t
+            JOIN runs r ON r.id = t.run_id
+            LEFT JOIN latents l ON l.run_id = t.run_id AND l.latent = t.latent
+            LEFT JOIN judgments j ON j.trial_id = t.id
+        )
+        """
+    )
+    db.execute(_metrics_view("run_metrics", "run_id, condition", "is_run_judge = 1"))
+    db.execute(_metrics_view("judge_metrics", "run_id, condition, judge_key", "judge_key IS NOT NULL"))
+
+
+@MIGRATIONS()
+def m009_run_leases(db: Database) -> None:
+    """One executing process per run: the holder's pid, host and process start time (to tell a live
+    holder from a dead one whose pid was reused)."""
+    db.execute(
+        """
+        CREATE TABLE run_leases (
+            run_id TEXT PRIMARY KEY REFERENCES runs(id),
+            pid INTEGER NOT NULL,
+            host TEXT NOT NULL,
+            process_start TEXT,               -- /proc/<pid>/stat start time where available
+            acquired_utc TEXT NOT NULL
+        )
+        """
+    )

@@ -7,6 +7,7 @@ import sqlite3
 import time
 
 import pytest
+from sqlite_utils import Database
 
 from esr_local.bisection import BisectionStep
 from esr_local.errors import MissingResourceError, UserInputError
@@ -41,14 +42,15 @@ def test_open_creates_folder_wal_and_schema(tmp_path):
         assert {"runs", "latents", "trials", "judgments", "attempts", "calibrations"} <= set(s.db.table_names())
         assert {"trial_outcomes", "run_metrics"} <= set(s.db.view_names())
         applied = [m.name for m in MIGRATIONS.applied(s.db)]
-        assert applied == ["m001_runs", "m002_calibrations_latents", "m003_trials_judgments_attempts",
-                           "m004_metric_views", "m005_run_sessions"]
+        assert applied[:9] == ["m001_runs", "m002_calibrations_latents", "m003_trials_judgments_attempts",
+                               "m004_metric_views", "m005_run_sessions", "m006_runs_partial_spec", "m007_latent_flags",
+                               "m008_judgments_by_judge", "m009_run_leases"]
         assert s.db["trials"].columns_dict["boost"] is float
     # Reopening applies nothing twice and keeps the data.
     with Store(path) as s:
         s.create_run({"experiment": "esr"})
     with Store(path) as s:
-        assert len(MIGRATIONS.applied(s.db)) == 5
+        assert len(MIGRATIONS.applied(s.db)) == len(MIGRATIONS.pending(Database(memory=True)))
         assert len(s.list_runs()) == 1
 
 
@@ -266,14 +268,18 @@ def test_calibration_key_must_be_complete(store):
         store.put_calibration({**KEY, "judge": None}, {"boost": 1.0})
 
 
-def test_failed_trials_are_removed_for_a_rerun_and_settings_can_be_merged(store):
+def test_failed_generations_are_removed_for_a_rerun_failed_judgments_kept_to_rejudge(store):
     run_id = store.create_run({"experiment": "esr", "prompts": ["a"]})
     store.record_trial(_trial(run_id, prompt_index=0), JUDGMENT, [{"attempt_index": 0, "text": "x", "score": 50}])
     store.record_trial(_trial(run_id, prompt_index=1, error="llama_decode failed"), None, [])
-    store.record_trial(_trial(run_id, prompt_index=2), {**JUDGMENT, "parse_status": "error", "error": "no json"}, [])
-    assert store.delete_failed_trials(run_id) == 2
-    assert store.finished_trial_keys(run_id) == {("steered", 7, 0, 0)}
+    store.record_trial(_trial(run_id, prompt_index=2, response="an answer"),
+                       {**JUDGMENT, "parse_status": "error", "error": "no json"}, [])
+    assert store.delete_failed_trials(run_id) == 1  # only the generation failure; the response of #2 is kept
+    assert store.finished_trial_keys(run_id) == {("steered", 7, 0, 0), ("steered", 7, 2, 0)}
     assert store.db["attempts"].count == 1
-    assert store.db["judgments"].count == 1
+    assert store.db["judgments"].count == 2
+    key = store.db.execute("SELECT judge_key FROM judgments LIMIT 1").fetchone()[0]
+    (todo,) = store.trials_to_judge(run_id, key)
+    assert todo["prompt_index"] == 2
     store.merge_run_settings(run_id, {"sweep_boost_levels": [0.0, 2.5]})
     assert store.get_run(run_id)["settings"] == {"experiment": "esr", "prompts": ["a"], "sweep_boost_levels": [0.0, 2.5]}
