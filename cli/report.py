@@ -1,0 +1,35 @@
+"""`esr-local report`: a self-contained HTML report (figures, metrics, example trials, provenance)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .options import db_option, json_option, open_store
+
+
+@click.command(name="report")
+@click.argument("runs", nargs=-1, required=True, metavar="RUN...")
+@click.option("--output", "-o", "output", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for index.html and report.json (created if missing; files in it are replaced).")
+@click.option("--title", default=None, help="Page title (default: the run ids).")
+@db_option
+@json_option
+def report_command(runs: tuple[str, ...], output: Path, title: str | None, db: Path | None, json_: bool) -> None:
+    """Write an HTML report of RUN... (ids or unique prefixes) to a folder: rates with error bars, score
+    distributions, boost sweeps, meta-prompt comparisons, calibration curves, example trials, settings and
+    provenance, flagged latents and failures. Runs of one model are pooled. Works offline; open
+    OUTPUT/index.html in any browser. Needs matplotlib (`pip install 'esr-local[report]'`)."""
+    from esr_local.report import build_report
+
+    with open_store(db, create=False) as store:
+        summary = build_report(store, list(runs), output, title=title)
+    if json_:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo(summary["index"])
+
+
+commands: list[click.Command] = [report_command]
