@@ -13,6 +13,8 @@ import tomllib
 
 DEFAULT_PROMPTS_FILE = "prompts.txt"
 META_PROMPTS_FILE = "meta_prompts.toml"
+#: `load_prompts(PAPER_PROMPTS)` gives the reference implementation's prompt set.
+PAPER_PROMPTS = "paper"
 #: Placeholders replaced by the steered latent's label (`latent_label` is the paper's name).
 LABEL_PLACEHOLDERS = ("{label}", "{latent_label}")
 
@@ -24,6 +26,7 @@ class PromptSet(NamedTuple):
     prompts: list[str]
     path: str
     sha256: str
+    source: str = ""  # "paper@<commit>" for the reference prompts, else empty
 
 
 class MetaPrompt(NamedTuple):
@@ -41,9 +44,13 @@ def default_prompts_path() -> Path:
 def load_prompts(path: str | Path | None = None) -> PromptSet:
     """Read one prompt per line (blank lines and `#` comment lines skipped; whitespace trimmed).
 
-    `path` None means the shipped set. Raises MissingResourceError for a missing file and
-    UserInputError for a file with no prompts.
+    `path` None means the shipped set; `"paper"` means the reference implementation's 38 prompts,
+    downloaded once at the pinned commit and verified by sha256 (see esr_local.paper_assets), then
+    read line by line with only blank lines skipped. Raises MissingResourceError for a missing file
+    (or the paper's file offline and not cached) and UserInputError for a file with no prompts.
     """
+    if isinstance(path, str) and path.strip() == PAPER_PROMPTS:
+        return _load_paper_prompts()
     file = Path(path) if path is not None else default_prompts_path()
     try:
         text = file.read_text(encoding="utf-8")
@@ -60,6 +67,21 @@ def load_prompts(path: str | Path | None = None) -> PromptSet:
         raise UserInputError(f"prompt file {file} has no prompts; write one prompt per line")
     digest = hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()
     return PromptSet(prompts=prompts, path=str(file), sha256=digest)
+
+
+def _load_paper_prompts() -> PromptSet:
+    from .paper_assets import PAPER_COMMIT, paper_prompts_file
+
+    file = paper_prompts_file()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise FormatError(f"{file} is not UTF-8 text; delete it and run again to fetch it anew") from None
+    prompts = [line.strip() for line in text.split("\n") if line.strip()]
+    if not prompts:
+        raise FormatError(f"{file} has no prompts; delete it and run again to fetch it anew")
+    digest = hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()
+    return PromptSet(prompts=prompts, path=str(file), sha256=digest, source=f"paper@{PAPER_COMMIT[:7]}")
 
 
 def load_meta_prompts(extra: str | Path | None = None) -> dict[str, str]:

@@ -153,7 +153,11 @@ def test_openai_settings_from_environment_and_describe_has_no_secrets(monkeypatc
     assert info["base_url"] == "http://127.0.0.1:8000/v1"
     assert info["restart_gating"] is True
     assert info["temperature"] is None and info["max_tokens"] == 4096
-    assert info["rubric_version"].startswith("esr-local-rubric-1+")
+    from esr_local.judge import DEFAULT_RUBRIC
+
+    assert info["rubric_id"] == "esr-local-2" and info["rubric_sha256"] == DEFAULT_RUBRIC.sha256
+    assert info["rubric_version"] == f"esr-local-2+{DEFAULT_RUBRIC.sha256[:8]}"
+    assert info["timeout"] == 60.0 and info["deterministic"] is False
     assert KEY not in json.dumps(info) and "pw" not in json.dumps(info) and KEY not in repr(judge)
 
 
@@ -198,14 +202,22 @@ def test_openai_auth_failure_is_not_retried_and_echoed_key_is_masked():
 
 
 def test_parse_failure_is_retried_and_unparseable_reply_is_kept():
-    replies = [(200, _openai_reply("I think it deserves 80."))] * 3
+    replies = [(200, _openai_reply(f"I think it deserves {n}.")) for n in (70, 75, 80)]
     with ReplayServer(replies) as server:
         judge = make_judge("openai:m", base_url=server.url + "/v1", retry_backoff=0)
         result = judge.judge(PROMPT, PLAIN_RESPONSE, LABEL)
     assert result.parse_status == "error"
     assert result.tries == 3 and len(server.requests) == 3
     assert result.raw_output == "I think it deserves 80."
-    assert result.error.startswith("parse error")
+    assert result.error.startswith("parse error") and len(result.errors) == 3
+
+
+def test_an_identical_unparseable_reply_is_not_asked_for_a_third_time():
+    replies = [(200, _openai_reply("I think it deserves 80."))] * 3
+    with ReplayServer(replies) as server:
+        judge = make_judge("openai:m", base_url=server.url + "/v1", retry_backoff=0)
+        result = judge.judge(PROMPT, PLAIN_RESPONSE, LABEL)
+    assert result.parse_status == "error" and result.tries == 2 and len(server.requests) == 2
     assert "authorization" not in server.requests[0]["headers"]  # no key configured: none sent
 
 

@@ -28,8 +28,10 @@ def test_braces_in_inputs_are_not_format_fields():
 
 
 def test_rubric_version_carries_a_hash_and_the_instructions_cover_the_rules():
-    assert RUBRIC_VERSION.startswith("esr-local-rubric-1+")
-    assert len(RUBRIC_VERSION.split("+")[1]) == 8
+    from esr_local.judge import DEFAULT_RUBRIC
+
+    assert RUBRIC_VERSION == f"esr-local-2+{DEFAULT_RUBRIC.sha256[:8]}"
+    assert len(DEFAULT_RUBRIC.sha256) == 64
     for needle in ("<json>", "</json>", '"attempts"', '"attempt_text"', '"score"', "Let me try again"):
         assert needle in INSTRUCTIONS
 

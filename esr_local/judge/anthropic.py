@@ -28,7 +28,6 @@ class AnthropicJudge(Judge):
         *,
         api_key: str,
         base_url: str = DEFAULT_BASE_URL,
-        timeout: float = 120,
         max_tokens: int | None = None,
         **kwargs: Any,
     ) -> None:
@@ -43,12 +42,11 @@ class AnthropicJudge(Judge):
             **kwargs,
         )
         self._api_key = api_key
-        self.timeout = timeout
 
     def describe(self) -> dict[str, Any]:
-        """Settings for the run record (adds the API version and timeout; never the key)."""
+        """Settings for the run record (adds the API version; never the key)."""
         info = super().describe()
-        info.update(api_version=API_VERSION, timeout=self.timeout)
+        info.update(api_version=API_VERSION)
         return info
 
     def request_body(self, system: str, user: str) -> dict[str, Any]:
@@ -63,12 +61,12 @@ class AnthropicJudge(Judge):
             body["temperature"] = self.temperature
         return body
 
-    def _complete(self, system: str, user: str) -> str:
+    def _complete(self, system: str, user: str, timeout: float) -> str:
         reply = post_json(
             join_url(self.base_url, "/v1/messages"),
             self.request_body(system, user),
             {"x-api-key": self._api_key, "anthropic-version": API_VERSION},
-            timeout=self.timeout,
+            timeout=timeout,
             secrets=(self._api_key,),
         )
         if reply.get("type") == "error":
@@ -77,6 +75,7 @@ class AnthropicJudge(Judge):
         blocks = reply.get("content")
         if not isinstance(blocks, list):
             raise RetryableError("Anthropic reply has no content list")
-        return "".join(
-            b.get("text", "") for b in blocks if isinstance(b, dict) and b.get("type") == "text"
-        )
+        texts = [b.get("text") for b in blocks if isinstance(b, dict) and b.get("type") == "text"]
+        if any(not isinstance(t, str) for t in texts):
+            raise RetryableError("Anthropic reply has a text block whose text is not a string")
+        return "".join(texts)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
+import email.utils
+import http.client
 import json
 import socket
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -24,28 +28,33 @@ def post_json(
     timeout: float,
     secrets: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """POST `body` as JSON and return the decoded JSON reply.
+    """POST `body` as JSON and return the decoded JSON reply, all within `timeout` seconds.
 
-    Raises RetryableError for timeouts, connection failures, 408/409/425/429 and 5xx, and
-    BackendError for other HTTP errors or a non-JSON reply. Messages never contain request
-    headers, and any string in `secrets` is masked should a server echo it back.
+    Raises RetryableError for timeouts (also a body still arriving when `timeout` is spent),
+    connection failures, 408/409/425/429 and 5xx (with the server's `Retry-After`, if any),
+    truncated bodies and non-JSON or non-object replies; BackendError for other HTTP errors.
+    Messages never contain request headers, and any string in `secrets` is masked should a
+    server echo it back.
     """
+    deadline = time.monotonic() + timeout
     data = json.dumps(body).encode("utf-8")
     request = urllib.request.Request(
         url, data=data, method="POST", headers={"Content-Type": "application/json", **headers}
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as reply:
-            payload = reply.read()
+            payload = _read_until(reply, deadline, url)
     except urllib.error.HTTPError as exc:
         detail = _scrub(_error_detail(exc), secrets)
         message = f"HTTP {exc.code} from {_origin(url)}: {detail}"
         if exc.code in _RETRY_STATUS or exc.code >= 500:
-            raise RetryableError(message) from None
+            raise RetryableError(message, retry_after=parse_retry_after(exc.headers.get("Retry-After"))) from None
         raise BackendError(message) from None
     except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as exc:
         reason = getattr(exc, "reason", exc)
         raise RetryableError(f"cannot reach {_origin(url)}: {_scrub(str(reason), secrets)}") from None
+    except http.client.HTTPException as exc:  # IncompleteRead, BadStatusLine...
+        raise RetryableError(f"broken reply from {_origin(url)}: {type(exc).__name__}") from None
     try:
         decoded = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -54,6 +63,40 @@ def post_json(
     if not isinstance(decoded, dict):
         raise RetryableError(f"unexpected JSON reply from {_origin(url)} (not an object)")
     return decoded
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a `Retry-After` header (delta-seconds or an HTTP date); None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        seconds = (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+    if seconds != seconds:  # NaN
+        return None
+    return max(0.0, seconds)
+
+
+def _read_until(reply: Any, deadline: float, url: str) -> bytes:
+    """Read the body in chunks, giving up when the deadline passes (a server trickling bytes)."""
+    chunks: list[bytes] = []
+    while True:
+        if time.monotonic() > deadline:
+            raise RetryableError(f"reply from {_origin(url)} still arriving when the time budget ran out")
+        chunk = reply.read(1 << 16)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
 
 
 def strip_base(url: str) -> str:

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from jinja2 import TemplateError
+
 from ..errors import BackendError, MissingResourceError
 from .base import Judge
 from .records import Judgment
@@ -39,11 +41,17 @@ class LocalJudge(Judge):
         *,
         n_ctx: int = DEFAULT_N_CTX,
         n_threads: int | None = None,
+        n_gpu_layers: int = 0,
         seed: int = 0,
         temperature: float | None = None,
         max_tokens: int | None = None,
+        catalog_name: str | None = None,
+        system_role: bool = True,
+        source: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        from ..engine import default_threads
+
         path = Path(model_path) if model_path else default_judge_model_path()
         if not path.is_file():
             raise MissingResourceError(f"judge model not found: {path}; pass an existing .gguf file")
@@ -55,8 +63,13 @@ class LocalJudge(Judge):
             **kwargs,
         )
         self.model_path = path
+        self.catalog_name = catalog_name
+        self.system_role = system_role
+        self.source = dict(source or {})
         self.n_ctx = n_ctx
-        self.n_threads = n_threads
+        # All cores (or ESR_LOCAL_THREADS): llama.cpp's own default is half of them.
+        self.n_threads = n_threads or default_threads()
+        self.n_gpu_layers = n_gpu_layers
         self.seed = seed
         try:
             import llama_cpp
@@ -68,7 +81,9 @@ class LocalJudge(Judge):
             self._llm = llama_cpp.Llama(
                 model_path=str(path),
                 n_ctx=n_ctx,
-                n_threads=n_threads,
+                n_threads=self.n_threads,
+                n_threads_batch=self.n_threads,
+                n_gpu_layers=n_gpu_layers,
                 seed=seed,
                 flash_attn=True,
                 verbose=False,
@@ -77,10 +92,26 @@ class LocalJudge(Judge):
         except (ValueError, RuntimeError) as exc:
             raise BackendError(f"llama.cpp could not load judge model {path}: {exc}") from None
 
+    @property
+    def deterministic(self) -> bool:  # type: ignore[override]
+        """Greedy decoding with a fixed seed gives the same reply for the same input."""
+        return not self.temperature
+
     def describe(self) -> dict[str, Any]:
-        """Settings for the run record (adds the model path, context size, seed, grammar)."""
+        """Settings for the run record (adds the weights' sha256, path, context, seed, grammar, threads)."""
+        import llama_cpp
+
+        from ..model_files import file_sha256
+
         info = super().describe()
         info.update(
+            version=f"llama-cpp-python {llama_cpp.__version__}",
+            weights_sha256=file_sha256(self.model_path),
+            catalog_name=self.catalog_name,
+            system_role=self.system_role,
+            source=self.source or None,
+            n_threads=self.n_threads,
+            n_gpu_layers=self.n_gpu_layers,
             model_path=str(self.model_path),
             n_ctx=self.n_ctx,
             seed=self.seed,
@@ -103,7 +134,16 @@ class LocalJudge(Judge):
         if llm is not None:
             llm.close()
 
-    def _complete(self, system: str, user: str) -> str:
+    def _complete(self, system: str, user: str, timeout: float = 0.0) -> str:
+        """One grammar-constrained chat completion (`timeout` is not enforceable inside llama.cpp;
+        the grammar bounds the reply instead)."""
+        return self._chat(system, user, grammar=self._grammar)
+
+    def complete(self, system: str, user: str) -> str:
+        """A raw, unconstrained chat completion (greedy unless a temperature was set)."""
+        return self._chat(system, user, grammar=None)
+
+    def _chat(self, system: str, user: str, *, grammar: Any) -> str:
         if self._llm is None:
             raise BackendError("this local judge was closed")
         used = len(self._llm.tokenize(f"{system}\n{user}".encode(), add_bos=True, special=False))
@@ -115,18 +155,18 @@ class LocalJudge(Judge):
                 "use a shorter response or a larger judge context"
             )
         try:
+            # Templates without a system role (Gemma 2) get the system text ahead of the user's.
+            messages = ([{"role": "system", "content": system}, {"role": "user", "content": user}]
+                        if self.system_role else [{"role": "user", "content": f"{system}\n\n{user}"}])
             out = self._llm.create_chat_completion(
-                messages=[
-                    {"role": "system", "content": system},
-                    {"role": "user", "content": user},
-                ],
+                messages=messages,
                 temperature=self.temperature,
                 max_tokens=self.max_tokens,
-                grammar=self._grammar,
+                grammar=grammar,
                 repeat_penalty=1.0,
                 seed=self.seed,
             )
-        except (ValueError, RuntimeError) as exc:
-            raise BackendError(f"llama.cpp judge generation failed: {exc}") from None
+        except (ValueError, RuntimeError, TemplateError) as exc:
+            raise BackendError(f"llama.cpp judge generation failed: {type(exc).__name__}: {exc}") from None
         content = out["choices"][0]["message"].get("content")  # type: ignore[index]
         return content or ""

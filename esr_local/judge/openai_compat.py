@@ -35,7 +35,6 @@ class OpenAICompatJudge(Judge):
         *,
         base_url: str = DEFAULT_BASE_URL,
         api_key: str | None = None,
-        timeout: float = 120,
         json_mode: str | None = None,
         max_tokens: int | None = None,
         **kwargs: Any,
@@ -51,7 +50,6 @@ class OpenAICompatJudge(Judge):
             max_tokens = MAX_OUTPUT_CHARS if json_mode == "gbnf" else DEFAULT_MAX_TOKENS
         super().__init__(model=model, base_url=base, max_tokens=max_tokens, **kwargs)
         self._api_key = api_key or None
-        self.timeout = timeout
         self.json_mode = json_mode
         # api.openai.com's newer models refuse `max_tokens`; most other servers only know it.
         self._token_field = (
@@ -59,9 +57,9 @@ class OpenAICompatJudge(Judge):
         )
 
     def describe(self) -> dict[str, Any]:
-        """Settings for the run record (adds json_mode and timeout; never the key)."""
+        """Settings for the run record (adds json_mode; never the key)."""
         info = super().describe()
-        info.update(json_mode=self.json_mode, timeout=self.timeout)
+        info.update(json_mode=self.json_mode)
         return info
 
     def request_body(self, system: str, user: str) -> dict[str, Any]:
@@ -85,13 +83,13 @@ class OpenAICompatJudge(Judge):
             }
         return body
 
-    def _complete(self, system: str, user: str) -> str:
+    def _complete(self, system: str, user: str, timeout: float) -> str:
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         reply = post_json(
             join_url(self.base_url, "/chat/completions"),
             self.request_body(system, user),
             headers,
-            timeout=self.timeout,
+            timeout=timeout,
             secrets=(self._api_key or "",),
         )
         if "error" in reply and "choices" not in reply:
@@ -102,4 +100,8 @@ class OpenAICompatJudge(Judge):
             raise RetryableError(
                 "judge reply has no choices[0].message; is this an OpenAI-compatible server?"
             ) from None
-        return content if isinstance(content, str) else ""
+        if content is None:
+            return ""  # e.g. a refusal: recorded as a parse error of an empty reply
+        if not isinstance(content, str):
+            raise RetryableError(f"judge reply content is a {type(content).__name__}, not text")
+        return content

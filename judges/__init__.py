@@ -1,0 +1,1 @@
+"""Judge catalog files (TOML), installed as package data (esr_local._judges)."""
