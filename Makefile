@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # For a GPU build set CMAKE_ARGS yourself, e.g. CMAKE_ARGS="-DGGML_CUDA=on" or "-DGGML_METAL=on".
 CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
 
-.PHONY: venv test bench clean
+.PHONY: venv test bench clean mutate
 
 venv: $(STAMP)
 
@@ -27,6 +27,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python bench/bench_decode.py
 	$(VENV)/bin/python bench/bench_goodfire_export.py
+
+# Mutation testing of the protocol modules (slow; not in CI). MODULES="metrics parse" for a subset.
+# Results: a per-module table on stdout, to copy into MUTATION.md; work folders under mutants/.
+mutate: $(STAMP)
+	$(VENV)/bin/python -c "import mutmut" 2>/dev/null || $(VENV)/bin/python -m pip install --quiet -e ".[test,mutate]"
+	ESR_LOCAL_THREADS=1 $(VENV)/bin/python tools/mutate.py $(MODULES)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,202 @@
+"""Mutation testing of the protocol modules, one module at a time (`make mutate`; not in CI: it is slow).
+
+Each module gets its own mutmut work folder `mutants/<name>/` holding esr_local/ and tests/ as committed
+at HEAD (`git archive`, so half-saved edits in a shared tree cannot break the run; `--worktree` links the
+working tree instead) and a pyproject.toml whose [tool.mutmut] section is the repository's, narrowed to that module's file (and, for
+big files, to the functions that carry the protocol) and to the fast tests that cover it. mutmut then
+copies the code into `mutants/<name>/mutants/`, maps tests to functions, and runs each mutant against the
+tests that reach it. The per-module tally (killed / survived / timeout / other) is printed as a Markdown
+table row for MUTATION.md, and survivors are listed with `mutmut show`.
+
+    .venv/bin/python tools/mutate.py                 # every module below
+    .venv/bin/python tools/mutate.py metrics parse   # some of them
+    .venv/bin/python tools/mutate.py --report        # tally finished work folders again, run nothing
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import fnmatch
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "mutants"
+
+
+@dataclass(frozen=True)
+class Module:
+    """One protocol module: the file mutmut mutates, optional function globs, and the tests that cover it."""
+
+    name: str
+    file: str
+    tests: list[str]
+    functions: list[str] = field(default_factory=list)  # mutant-name globs after "<module>.", e.g. "x_trial_seed__*"
+
+
+MODULES: list[Module] = [
+    Module("metrics", "esr_local/metrics.py", ["tests/test_metrics.py", "tests/test_guard_metrics.py"]),
+    Module("bisection", "esr_local/bisection.py", ["tests/test_bisection.py", "tests/test_guard_bisection.py"]),
+    Module("parse", "esr_local/judge/parse.py", ["tests/test_judge_parse.py", "tests/test_guard_judge.py"]),
+    Module("rubric", "esr_local/judge/rubric.py", ["tests/test_judge_parse.py", "tests/test_guard_judge.py"]),
+    Module("layers", "esr_local/layers.py", ["tests/test_layers.py", "tests/test_guard_layers.py"]),
+    Module("cvec", "esr_local/cvec.py", ["tests/test_layers.py", "tests/test_guard_layers.py"]),
+    Module("prompt_draws", "esr_local/experiment.py", ["tests/test_guard_draws.py"],
+           ["x_trial_seed__*", "x_choose_prompt_indices__*"]),
+    Module("calibration", "esr_local/calibration.py", ["tests/test_guard_calibration.py"]),
+    Module("engine", "esr_local/engine.py", ["tests/test_engine.py", "tests/test_guard_penalty.py"],
+           ["x__make_sampler__*", "xǁSamplingParamsǁvalidate__*", "x_resolve_sampling__*",
+            "xǁSteeredModelǁ_decode_loop__*", "xǁSteeredModelǁgenerate_many__*"]),
+    Module("sae_rows", "esr_local/saes/base.py", ["tests/test_saes.py", "tests/test_guard_sae_rows.py"]),
+    Module("store_views", "esr_local/store_schema.py", ["tests/test_store.py", "tests/test_metrics.py"]),
+]
+
+# mutmut's exit-code meanings (mutmut/stats.py), folded into the columns of MUTATION.md.
+KILLED = {1, 3, 37}
+SURVIVED = {0}
+TIMEOUT = {36, -24, 24, 152, 255}
+
+
+def _base_config() -> dict:
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))
+    return data["tool"]
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+
+
+def _write_project(folder: Path, mod: Module) -> None:
+    tool = _base_config()
+    cfg = dict(tool.get("mutmut", {}))
+    cfg["only_mutate"] = [mod.file]
+    cfg["pytest_add_cli_args_test_selection"] = [t for t in mod.tests if (ROOT / t).exists()]
+    lines = ["[tool.mutmut]"] + [f"{k} = {_toml_value(v)}" for k, v in cfg.items()]
+    lines += ["", "[tool.pytest.ini_options]"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in tool.get("pytest", {}).get("ini_options", {}).items()]
+    (folder / "pyproject.toml").write_text("\n".join(lines) + "\n", "utf-8")
+
+
+def _mutant_prefix(mod: Module) -> str:
+    return mod.file[:-3].replace("/", ".") + "."
+
+
+def _globs(mod: Module) -> list[str]:
+    return [_mutant_prefix(mod) + g for g in mod.functions]
+
+
+def _mutmut() -> str:
+    return str(Path(sys.executable).with_name("mutmut"))
+
+
+def _place_sources(folder: Path, worktree: bool) -> str:
+    """esr_local/ and tests/ into the work folder; returns what they are (a commit or 'working tree')."""
+    if worktree:
+        for link in ("esr_local", "tests"):
+            if not (folder / link).exists():
+                (folder / link).symlink_to(ROOT / link, target_is_directory=True)
+        return "working tree"
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout.strip()
+    if not (folder / "esr_local").exists():
+        archive = subprocess.run(["git", "archive", "HEAD", "esr_local", "tests"], cwd=ROOT, check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return f"commit {commit}"
+
+
+def run_module(mod: Module, max_children: int, fresh: bool, worktree: bool) -> int:
+    folder = WORK / mod.name
+    if fresh and folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    source = _place_sources(folder, worktree)
+    _write_project(folder, mod)
+    env = dict(os.environ, ESR_LOCAL_THREADS=os.environ.get("ESR_LOCAL_THREADS", "1"))
+    cmd = ["nice", "-n", "10", _mutmut(), "run", "--max-children", str(max_children), *_globs(mod)]
+    print(f"== {mod.name} ({source}, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC): "
+          f"{' '.join(cmd[3:])}  in {folder.relative_to(ROOT)}", flush=True)
+    return subprocess.run(cmd, cwd=folder, env=env).returncode
+
+
+def tally(mod: Module) -> dict | None:
+    meta = WORK / mod.name / "mutants" / (mod.file + ".meta")
+    if not meta.exists():
+        return None
+    codes = json.loads(meta.read_text("utf-8"))["exit_code_by_key"]
+    if mod.functions:
+        codes = {k: v for k, v in codes.items() if any(fnmatch.fnmatch(k, g) for g in _globs(mod))}
+    out = {"killed": 0, "survived": 0, "timeout": 0, "other": 0, "not_checked": 0, "survivors": []}
+    for key, code in sorted(codes.items()):
+        if code is None:
+            out["not_checked"] += 1
+        elif code in KILLED:
+            out["killed"] += 1
+        elif code in SURVIVED:
+            out["survived"] += 1
+            out["survivors"].append(key)
+        elif code in TIMEOUT:
+            out["timeout"] += 1
+        else:
+            out["other"] += 1
+            out["survivors"].append(f"{key} (exit {code})")
+    out["total"] = sum(out[k] for k in ("killed", "survived", "timeout", "other"))  # checked mutants
+    return out
+
+
+def report(mods: list[Module], show: bool) -> None:
+    print(f"\n| module | file | killed | survived | timeout | other | not checked | killed % |  ({dt.date.today()})")
+    print("|---|---|---|---|---|---|---|---|")
+    for mod in mods:
+        t = tally(mod)
+        if t is None:
+            print(f"| {mod.name} | `{mod.file}` | not run | | | | | |")
+            continue
+        pct = 100 * (t["killed"] + t["timeout"]) / t["total"] if t["total"] else 0.0
+        print(f"| {mod.name} | `{mod.file}` | {t['killed']} | {t['survived']} | {t['timeout']} | {t['other']} "
+              f"| {t['not_checked']} | {pct:.1f} |")
+    if show:
+        for mod in mods:
+            t = tally(mod)
+            for key in (t or {}).get("survivors", []):
+                print(f"\n--- {mod.name}: {key}")
+                subprocess.run([_mutmut(), "show", key.split(" ")[0]], cwd=WORK / mod.name)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("modules", nargs="*", help=f"modules to run (default: all): {', '.join(m.name for m in MODULES)}")
+    ap.add_argument("--report", action="store_true", help="only tally finished work folders")
+    ap.add_argument("--show", action="store_true", help="print the diff of every survivor")
+    ap.add_argument("--keep", action="store_true", help="reuse the work folder (mutmut's cache) instead of starting fresh")
+    ap.add_argument("--worktree", action="store_true", help="mutate the working tree instead of HEAD")
+    ap.add_argument("--max-children", type=int, default=2)
+    args = ap.parse_args()
+    known = {m.name: m for m in MODULES}
+    unknown = [n for n in args.modules if n not in known]
+    if unknown:
+        ap.error(f"unknown module(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    mods = [known[n] for n in args.modules] if args.modules else MODULES
+    rc = 0
+    if not args.report:
+        for mod in mods:
+            rc |= run_module(mod, args.max_children, fresh=not args.keep, worktree=args.worktree)
+    report(mods, args.show)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
