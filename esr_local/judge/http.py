@@ -95,8 +95,13 @@ def _read_until(reply: Any, deadline: float, url: str) -> bytes:
             raise RetryableError(f"reply from {_origin(url)} still arriving when the time budget ran out")
         chunk = reply.read(1 << 16)
         if not chunk:
-            return b"".join(chunks)
+            break
         chunks.append(chunk)
+    payload = b"".join(chunks)
+    declared = reply.headers.get("Content-Length")
+    if declared and declared.strip().isdigit() and len(payload) < int(declared):
+        raise RetryableError(f"truncated reply from {_origin(url)}: {len(payload)} of {declared} bytes")
+    return payload
 
 
 def strip_base(url: str) -> str:
