@@ -58,8 +58,8 @@ CASES = {
     "missing model": (["steer", "--model", "{missing}", "--sae", "{sae576}", "--latent", "1", "--scale", "1"], "not found"),
     "corrupt model": (["steer", "--model", "{corrupt_model}", "--sae", "{sae576}", "--latent", "1", "--scale", "1"], "could not load"),
     "not a gguf": (["steer", "--model", "{not_gguf}", "--sae", "{sae576}", "--latent", "1", "--scale", "1"], "not a GGUF"),
-    "missing sae": (["vector", "export", "--sae", "{missing_dir}", "--latent", "1", "--scale", "1", "--layer", "3"], ""),
-    "corrupt sae": (["vector", "export", "--sae", "{bad_sae}", "--latent", "1", "--scale", "1", "--layer", "3"], ""),
+    "missing sae": (["vector", "export", "--sae", "{missing_dir}", "--latent", "1", "--scale", "1", "--layer", "3"], "does not exist"),
+    "corrupt sae": (["vector", "export", "--sae", "{bad_sae}", "--latent", "1", "--scale", "1", "--layer", "3"], "cfg.json"),
     "missing vector": (["vector", "inspect", "{missing}"], "not found"),
     "corrupt vector": (["steer", "--vector", "{corrupt_vec}"], "not a readable GGUF"),
     "unknown model name": (["steer", "--model", "gpt-99", "--latent", "1", "--scale", "1"], "unknown model"),
@@ -82,6 +82,7 @@ CASES = {
 def test_bad_input_gives_one_error_line(name, files, monkeypatch):
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     args, needle = CASES[name]
+    assert needle.strip(), "each case names the fragment its error line must contain"
     args = [a.format(**files) for a in args]
     r = CliRunner().invoke(main, args)
     assert r.exit_code not in (0, None), r.output
