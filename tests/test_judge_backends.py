@@ -409,12 +409,10 @@ def test_llama_server_free_text_records_outcome_without_raising(llama_server):
         max_retries=2, retry_backoff=0,
     )  # fmt: skip
     result = judge.judge(PROMPT, PLAIN_RESPONSE, LABEL)
-    if result.parse_status == "ok":
-        _check_judgment(result)
-    else:
-        # A 135M model without a grammar rarely writes the JSON: the failure is recorded, not raised.
-        assert result.parse_status == "error" and result.attempts is None
-        assert result.tries == 2 and result.raw_output and result.error.startswith("parse error")
+    # Greedy SmolLM2 without a grammar does not write the JSON in 48 tokens (deterministic at temperature 0):
+    # the failure is recorded after both tries, not raised.
+    assert result.parse_status == "error" and result.attempts is None, result.raw_output
+    assert result.tries == 2 and result.raw_output and result.error.startswith("parse error")
 
 
 def test_llama_server_rejects_a_wrong_key_without_retrying(llama_server):
