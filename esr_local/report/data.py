@@ -45,6 +45,7 @@ class RunData:
     trials: list[dict[str, Any]]
     calibrations: dict[int, dict[str, Any]]
     metrics: list[dict[str, Any]]
+    judges: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def id(self) -> str:
@@ -97,6 +98,9 @@ def _calibrations(store: Store, ids: list[int]) -> dict[int, dict[str, Any]]:
 def load_run(store: Store, run_id: str) -> RunData:
     """Read one run (id or unique prefix) with everything the report shows."""
     run = store.get_run(run_id)
+    # display_status tells an interrupted run (no live process) from a running one.
+    listed = {row["id"]: row for row in store.list_runs()}
+    run["display_status"] = listed.get(run["id"], {}).get("display_status", run.get("status"))
     latents = store.latents(run["id"])
     cal_ids = sorted({int(l["calibration_id"]) for l in latents if l.get("calibration_id") is not None})
     return RunData(
@@ -106,6 +110,7 @@ def load_run(store: Store, run_id: str) -> RunData:
         trials=store.trials(run["id"]),
         calibrations=_calibrations(store, cal_ids),
         metrics=metrics_for_store(store, [run["id"]]),
+        judges=store.judge_keys(run["id"]),
     )
 
 

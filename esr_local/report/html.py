@@ -31,11 +31,12 @@ _METRIC_HEADERS = (
 )
 # Run columns shown under "Settings and provenance" (the rest is in settings_json).
 _RUN_FIELDS = (
-    "id", "status", "error", "experiment", "created_utc", "finished_utc", "command_line", "esr_local_version",
+    "id", "status", "display_status", "error", "experiment", "created_utc", "finished_utc", "command_line", "esr_local_version",
     "llama_cpp_python_version", "model_name", "model_path", "model_sha256", "sae_source", "sae_family",
     "feature_layer", "steering_layer", "chat_template_mode", "temperature", "max_tokens", "repetition_penalty",
     "top_k", "top_p", "min_p", "n_ctx", "judge_backend", "judge_model", "rubric_version", "restart_gating",
     "prompts_file", "prompts_sha256", "prompts_per_latent", "replicates", "seed_base", "source_run_id", "source_file",
+    "judge_key", "summary_json",
 )
 
 
@@ -105,17 +106,21 @@ def _provenance(run: RunData) -> str:
                  "versions": s.get("versions_json"), "llama.cpp": s.get("llama_cpp_system_info")}
                 for s in run.sessions]
     settings = json.dumps(run.run.get("settings") or {}, indent=1, sort_keys=True, default=str)
-    return (f'<h3>Run {esc(run.id)}</h3><table class="provenance" id="provenance-{esc(run.id)}">{rows}</table>'
+    spec = run.run.get("spec_json")
+    return (f'<h3>Run {esc(run.id)}</h3><table id="provenance-{esc(run.id)}" class="provenance">{rows}</table>'
+            f"<h4>Judges</h4>{_table(run.judges, ['judge_key', 'judge_spec', 'n', 'n_failed'], 'judges-' + run.id)}"
             f"<h4>Executions</h4>{_table(sessions, ['started_utc', 'command_line', 'versions', 'llama.cpp'], 'sessions-' + run.id)}"
-            f"<details><summary>settings_json</summary><pre>{esc(settings)}</pre></details>")
+            f"<details><summary>settings_json</summary><pre>{esc(settings)}</pre></details>"
+            + (f"<details><summary>spec_json (the frozen run spec)</summary><pre>{esc(spec)}</pre></details>" if spec else ""))
 
 
 def _latent_rows(run: RunData) -> list[dict[str, Any]]:
     rows = []
     for latent in run.latents:
         cal = run.calibrations.get(int(latent["calibration_id"])) if latent.get("calibration_id") is not None else None
+        achieved = latent.get("achieved_score", cal.get("achieved_score") if cal else None)
         rows.append({**latent, "boost": _num(latent.get("boost"), decimals=4),
-                     "achieved_score": None if cal is None else _num(cal.get("achieved_score"), decimals=3),
+                     "achieved_score": _num(achieved, decimals=3) if achieved is not None else None,
                      "steps": None if cal is None else len(cal.get("steps") or [])})
     return rows
 
@@ -160,7 +165,7 @@ def render_page(data: ReportData, figures: dict[str, str | None], *, title: str,
         parts.append(figure(figures.get(f"calibration:{run.id}"), f"fig-calibration-{run.id}",
                             f"Bisection steps per latent, run {run.id}"))
         parts.append(_table(_latent_rows(run), ["latent", "label", "boost", "boost_source", "row_norm",
-                                                 "achieved_score", "steps", "error"], f"latents-{run.id}"))
+                                                 "achieved_score", "steps", "flags", "error"], f"latents-{run.id}"))
     parts.append('<h2 id="flags">Flagged latents and failures</h2>')
     for run in data.runs:
         parts.append(f"<h3>Run {esc(run.id)}</h3>")
@@ -179,12 +184,12 @@ def render_page(data: ReportData, figures: dict[str, str | None], *, title: str,
 
 
 def summary_json(data: ReportData) -> dict[str, Any]:
-    """The report's numbers as JSON: pooled metrics per model and per-run metrics (METRIC_KEYS)."""
+    """The report's numbers as JSON: pooled metrics per model (METRIC_KEYS) and the per-run rows of
+    `metrics_for_store` unchanged."""
     return {
         "runs": [r.id for r in data.runs],
         "models": [{"model": g.label, "key": g.key, "runs": g.run_ids,
                     "metrics": [{"condition": m["condition"], **{k: m[k] for k in METRIC_KEYS}} for m in g.metrics]}
                    for g in data.groups],
-        "per_run": [{"run_id": m["run_id"], "condition": m["condition"], **{k: m[k] for k in METRIC_KEYS}}
-                    for r in data.runs for m in r.metrics],
+        "per_run": [dict(m) for r in data.runs for m in r.metrics],  # metrics_for_store rows, as `metrics --json`
     }
