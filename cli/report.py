@@ -32,4 +32,19 @@ def report_command(runs: tuple[str, ...], output: Path, title: str | None, db: P
         click.echo(summary["index"])
 
 
-commands: list[click.Command] = [report_command]
+@click.command(name="datasette-metadata")
+@db_option
+def datasette_metadata_command(db: Path | None) -> None:
+    """Print Datasette metadata for the database (table and column descriptions, canned queries: which
+    latents made the model restart, scores by boost level, judge agreement, failures). Use it as
+    `esr-local datasette-metadata > meta.json && datasette esr.db -m meta.json`."""
+    from esr_local.paths import default_db_path
+    from esr_local.report.datasette import datasette_metadata
+
+    path = db if db is not None else default_db_path()
+    with open_store(path, create=False):  # the database must exist (and is migrated, so the views are there)
+        pass
+    click.echo(json.dumps(datasette_metadata(path), indent=2))
+
+
+commands: list[click.Command] = [report_command, datasette_metadata_command]
