@@ -26,7 +26,7 @@ def judge_options(f):
     f = click.option("--judge-model-path", default=None, type=click.Path(),
                      help="GGUF for the local judge (overrides PATH/NAME of --judge local:...).")(f)
     f = click.option("--judge", "judge", default=DEFAULT_JUDGE, show_default=True, envvar="ESR_JUDGE",
-                     help=f"{SPEC_HELP} (paper: anthropic:claude-haiku-4-5-20251001; catalog: esr-local judge models).")(f)
+                     help=f"{SPEC_HELP} (the paper's: anthropic:claude-haiku-4-5-20251001; NAME: qwen2.5-7b-instruct, llama-3.1-8b-instruct, gemma-2-9b-it, ...).")(f)
     return f
 
 

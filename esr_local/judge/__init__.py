@@ -1,7 +1,8 @@
-"""LLM judges that split a steered response into attempts and score each one.
+"""Judges that split a response into attempts and score each one.
 
 Backends are chosen by a spec string (see `make_judge`) and imported lazily, so the HTTP judges
-work without llama-cpp-python and the local judge needs no network.
+work without llama-cpp-python and the local judge needs no network. Every judge shares the loop in
+`base.Judge` (time budget, retries, every try's error recorded) and a `rubric.Rubric`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "RUBRIC_VERSION",
     "RetryableError",
     "Rubric",
+    "SPEC_HELP",
     "check_judge_spec",
     "resolve_rubric",
     "build_judge_messages",

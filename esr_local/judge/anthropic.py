@@ -46,7 +46,7 @@ class AnthropicJudge(Judge):
     def describe(self) -> dict[str, Any]:
         """Settings for the run record (adds the API version; never the key)."""
         info = super().describe()
-        info.update(api_version=API_VERSION)
+        info.update(api_version=API_VERSION, version=f"anthropic-api {API_VERSION}")
         return info
 
     def request_body(self, system: str, user: str) -> dict[str, Any]:
