@@ -14,7 +14,7 @@ import click
 from esr_local import __version__
 from esr_local.errors import EsrError
 
-from . import calibrate, importcmd, metrics, models, report, run, runs, steer, trials, vector
+from . import calibrate, doctor, importcmd, metrics, models, report, run, runs, steer, trials, vector
 
 
 class EsrGroup(click.Group):
@@ -59,6 +59,6 @@ def main() -> None:
     """Steer quantized GGUF models with SAE latents (llama.cpp) and measure endogenous steering resistance."""
 
 
-for _module in (steer, vector, models, run, calibrate, metrics, importcmd, runs, report, trials):
+for _module in (steer, vector, models, run, calibrate, metrics, importcmd, runs, report, trials, doctor):
     for _command in _module.commands:
         main.add_command(_command)
