@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import click
 
-from esr_local.engine import SamplingParams, resolve_sampling
+from esr_local.engine import MAX_THREADS, SamplingParams, resolve_sampling
+
+# llama.cpp samples with a 32-bit seed: larger values would be folded silently, so they are refused.
+SEED = click.IntRange(0, 2**32 - 1)
 
 
 def _stack(f, options):
@@ -17,12 +20,12 @@ def _stack(f, options):
 def model_options(f):
     """--model, --quant, --catalog, --n-ctx, --threads, --gpu-layers, --chat-mode."""
     return _stack(f, [
-        click.option("--model", "-m", default=None, help="Catalog name or .gguf path (default: the embedded SmolLM2-135M-Instruct)."),
+        click.option("--model", "-m", default=None, callback=non_empty, help="Catalog name or .gguf path (default: the embedded SmolLM2-135M-Instruct)."),
         click.option("--quant", default=None, help="Quantization to download for a Hugging Face catalog model (e.g. Q4_K_M)."),
         click.option("--catalog", default=None, type=click.Path(), help="Extra catalog file or folder (also ESR_LOCAL_CATALOG)."),
         click.option("--n-ctx", default=2048, show_default=True, type=click.IntRange(64), help="Context size per sequence."),
-        click.option("--threads", default=None, type=click.IntRange(1), help="CPU threads (default: all cores, or ESR_LOCAL_THREADS)."),
-        click.option("--gpu-layers", default=0, show_default=True, type=int, help="Layers to offload to a GPU build of llama.cpp (-1 = all)."),
+        click.option("--threads", default=None, type=click.IntRange(1, MAX_THREADS), help="CPU threads (default: all cores, or ESR_LOCAL_THREADS)."),
+        click.option("--gpu-layers", default=0, show_default=True, type=click.IntRange(-1), help="Layers to offload to a GPU build of llama.cpp (-1 = all)."),
         click.option("--chat-mode", type=click.Choice(["auto", "chat", "raw"]), default="auto", show_default=True,
                      help="auto: the catalog's choice, else the GGUF's chat template if it has one, else raw completion."),
     ])
@@ -66,4 +69,13 @@ def finite_float(ctx, param, value):
     for v in values:
         if v is not None and not math.isfinite(v):
             raise click.BadParameter(f"{v} is not a finite number")
+    return value
+
+
+def non_empty(ctx, param, value):
+    """Click callback rejecting an empty string (`--sae ""` would otherwise mean "the default")."""
+    values = value if isinstance(value, tuple) else (value,)
+    for v in values:
+        if v is not None and not str(v).strip():
+            raise click.BadParameter("must not be empty")
     return value

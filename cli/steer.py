@@ -21,7 +21,7 @@ from esr_local.steering import (
 )
 from esr_local.vectors import read_gguf
 
-from .common import build_sampling, finite_float, model_options, sampling_options
+from .common import SEED, build_sampling, finite_float, model_options, non_empty, sampling_options
 
 DEFAULT_PROMPT = "Explain how to change a bike tire."
 
@@ -31,12 +31,12 @@ DEFAULT_PROMPT = "Explain how to change a bike tire."
               help="SAE latent to add (repeatable). Default: latent 0 of the model's SAE/dictionary.")
 @click.option("--scale", "-s", "scales", type=float, multiple=True, callback=finite_float,
               help="Boost for each --latent, in raw SAE units (one for all, or one each). Default: the catalog's prior mean.")
-@click.option("--sae", default=None, help="SAE source: local path or hf://owner/repo/path (default: the catalog's).")
+@click.option("--sae", default=None, callback=non_empty, help="SAE source: local path or hf://owner/repo/path (default: the catalog's).")
 @click.option("--labels", default=None, type=click.Path(), help="Labels file for the SAE (CSV index_in_sae,label or Neuronpedia jsonl).")
 @click.option("--layer", type=int, default=None, help="llama.cpp layer to steer (= output of block N; default: the catalog's).")
 @click.option("--vector", "vector_file", type=click.Path(), default=None, help="Steer with an exported GGUF control vector instead.")
-@click.option("--prompt", "-p", default=DEFAULT_PROMPT, show_default=True, help="User prompt.")
-@click.option("--seed", type=click.IntRange(0), default=None, help="Sampling seed (default: random, printed).")
+@click.option("--prompt", "-p", default=DEFAULT_PROMPT, show_default=True, callback=non_empty, help="User prompt.")
+@click.option("--seed", type=SEED, default=None, help="Sampling seed, 0 to 2^32-1 (default: random, printed).")
 @click.option("--compare", is_flag=True, help="Also print the unsteered answer (same seed).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming text.")
 @model_options
@@ -44,6 +44,13 @@ DEFAULT_PROMPT = "Explain how to change a bike tire."
 def steer_cmd(latents, scales, sae, labels, layer, vector_file, prompt, seed, compare, as_json, model, quant, catalog,
               n_ctx, threads, gpu_layers, chat_mode, **sampling_kw):
     """Generate an answer while SAE latents are added to the residual stream at one layer."""
+    if vector_file:
+        given = [name for name, v in (("--latent", latents), ("--sae", sae), ("--labels", labels), ("--layer", layer)) if v not in (None, (), "")]
+        if given:
+            raise click.UsageError(f"--vector cannot be combined with {'/'.join(given)}: the file fixes the latents and layers")
+        if len(scales) > 1:
+            raise click.UsageError("--vector takes at most one --scale (it multiplies the whole file)")
+        cv = read_gguf(vector_file)  # checked before the model is loaded
     resolved = resolve_model(model, quant, catalog)
     entry = resolved.entry
     sampling = build_sampling(sampling_kw, entry)
@@ -51,9 +58,6 @@ def steer_cmd(latents, scales, sae, labels, layer, vector_file, prompt, seed, co
     lm = SteeredModel(resolved.path, n_ctx=n_ctx, n_threads=threads, n_gpu_layers=gpu_layers,
                       chat_mode=effective_chat_mode(chat_mode, entry), chat_template=entry.chat_template if entry else None)
     if vector_file:
-        if latents or sae:
-            raise click.UsageError("--vector cannot be combined with --latent/--sae")
-        cv = read_gguf(vector_file)
         vector_file_fits(cv, lm.n_embd, lm.n_layer, vector_file)
         if scales:
             cv = cv.scaled(scales[0])

@@ -13,7 +13,7 @@ from esr_local.paths import default_vector_out_dir
 from esr_local.steering import choose_layer, open_sae, pair_terms, sae_display_source, vector_for_terms
 from esr_local.vectors import describe, read_gguf, write_gguf
 
-from .common import finite_float
+from .common import finite_float, non_empty
 
 
 @click.group(name="vector")
@@ -22,8 +22,8 @@ def vector_group() -> None:
 
 
 @vector_group.command(name="export")
-@click.option("--sae", default=None, help="SAE source: local path or hf://owner/repo/path (default: --model's catalog SAE).")
-@click.option("--model", "-m", default=None, help="Catalog model whose SAE, steering layer and name to use.")
+@click.option("--sae", default=None, callback=non_empty, help="SAE source: local path or hf://owner/repo/path (default: --model's catalog SAE).")
+@click.option("--model", "-m", default=None, callback=non_empty, help="Catalog model whose SAE, steering layer and name to use.")
 @click.option("--latent", "-l", "latents", type=click.IntRange(min=0), multiple=True, required=True, help="Latent index (repeatable).")
 @click.option("--scale", "-s", "scales", type=float, multiple=True, required=True, callback=finite_float,
               help="Scale per latent (repeatable, or one for all), raw SAE units.")
@@ -39,7 +39,7 @@ def vector_export(sae, model, latents, scales, layer, labels, model_hint, output
         raise click.UsageError("give --sae or --model (whose catalog SAE is used)")
     sae_obj = open_sae(sae, entry, labels)
     # Without a model the SAE itself sets the width and any layer >= 1 is accepted.
-    n_layer = entry.n_layer if entry else 1 << 30
+    n_layer = entry.n_layer if entry else None
     layer = choose_layer(layer, entry, sae_obj, n_layer)
     terms = pair_terms(tuple(latents), tuple(scales), 1.0)
     hint = model_hint or (entry.architecture if entry else "")

@@ -192,9 +192,12 @@ def build_concept_dictionary(
     out_dir = Path(out_dir) if out_dir is not None else Path.cwd() / "vectors" / SHIPPED_DICTIONARY
     concepts = load_concepts(concepts_file)
 
-    llm = llama_cpp.Llama(
-        model_path=str(model_path), n_ctx=n_ctx, n_threads=BUILD_THREADS, verbose=False, flash_attn=False
-    )
+    try:
+        llm = llama_cpp.Llama(
+            model_path=str(model_path), n_ctx=n_ctx, n_threads=BUILD_THREADS, verbose=False, flash_attn=False
+        )
+    except (ValueError, RuntimeError):  # llama-cpp-python's "Failed to load model from file"
+        raise FormatError(f"llama.cpp could not load {model_path}; check that it is a complete GGUF model") from None
     try:
         n_layer = int(llama_cpp.llama_model_n_layer(llm.model))
         if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= n_layer - 2:

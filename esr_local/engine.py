@@ -55,10 +55,22 @@ class Generation:
 # ---------------------------------------------------------------------------------------------- model
 
 
+MAX_THREADS = 512  # llama.cpp's GGML_MAX_N_THREADS; far more aborts the process (std::bad_alloc)
+
+
 def default_threads() -> int:
-    """Threads for llama.cpp: ESR_LOCAL_THREADS, else all cores."""
-    env = os.environ.get("ESR_LOCAL_THREADS")
-    return int(env) if env else max(1, os.cpu_count() or 1)
+    """Threads for llama.cpp: ESR_LOCAL_THREADS (an integer from 1 to MAX_THREADS), else all cores."""
+    env = os.environ.get("ESR_LOCAL_THREADS", "").strip()
+    if not env:
+        return max(1, min(MAX_THREADS, os.cpu_count() or 1))
+    try:
+        n = int(env)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= MAX_THREADS:
+        raise UserInputError(f"ESR_LOCAL_THREADS={env!r} is not a thread count; set it to a whole number from 1 to "
+                             f"{MAX_THREADS} (e.g. the number of CPU cores), or unset it")
+    return n
 
 
 class SteeredModel:

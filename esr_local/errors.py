@@ -18,6 +18,10 @@ class FormatError(EsrError):
     """A file exists but its contents are not in the expected format."""
 
 
+class WriteError(EsrError):
+    """An output file could not be written (full disk, read-only folder...); nothing half-written is left."""
+
+
 class BackendError(EsrError):
     """llama.cpp or a judge backend failed."""
 

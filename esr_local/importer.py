@@ -47,12 +47,31 @@ def _load(path: Path) -> dict[str, Any]:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FormatError(f"{path} is not valid JSON ({str(exc).splitlines()[0]}); {_FORMAT_HINT}") from None
+    except RecursionError:
+        raise FormatError(f"{path} nests JSON arrays/objects too deeply to be a result file; {_FORMAT_HINT}") from None
     if not isinstance(data, dict):
         raise _fail(path, "top level", f"expected a JSON object, got {type(data).__name__}")
     for key, kind in (("experiment_config", dict), ("results_by_feature", list)):
         if not isinstance(data.get(key), kind):
             raise _fail(path, "top level", f"missing or invalid {key!r}")
+    config = data["experiment_config"]
+    for key in ("model_name", "judge_model_name", "prompt_variant_id", "prompts_file"):
+        _text(config.get(key), path, "experiment_config", key)
+    for key in ("max_completion_tokens", "n_trials_per_feature"):
+        _number(config.get(key), path, "experiment_config", key, integer=True, minimum=0)
+    levels = data.get("boost_levels")
+    if levels is not None and not isinstance(levels, list):
+        raise _fail(path, "top level", f"boost_levels must be a list of numbers, got {type(levels).__name__}")
+    for i, level in enumerate(levels or []):
+        _number(level, path, f"boost_levels[{i}]", "level")
     return data
+
+
+def _text(value: Any, path: Path, where: str, field: str) -> str | None:
+    """Check an optional string field (None passes)."""
+    if value is not None and not isinstance(value, str):
+        raise _fail(path, where, f"{field} must be a string, got {type(value).__name__} {str(value)[:40]!r}")
+    return value
 
 
 def condition_for(config: dict[str, Any], data: dict[str, Any] | None = None) -> str:
@@ -74,13 +93,22 @@ def _sweep_condition(levels: list[float], boost: float | None, fallback: str) ->
     return f"sweep:{k}" if abs(levels[k] - boost) <= 1e-6 * max(1.0, abs(boost)) else fallback
 
 
-def _number(value: Any, path: Path, where: str, field: str, *, integer: bool = False) -> Any:
-    """Check an optional numeric field (None passes)."""
+_SQLITE_INT_MAX = 2**63 - 1
+
+
+def _number(value: Any, path: Path, where: str, field: str, *, integer: bool = False,
+            minimum: float | None = None, maximum: float | None = None) -> Any:
+    """Check an optional numeric field (None passes), optionally within [minimum, maximum]."""
     if value is None:
         return None
     ok = isinstance(value, int) if integer else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok or (isinstance(value, float) and not math.isfinite(value)):
-        raise _fail(path, where, f"{field} must be {'an integer' if integer else 'a number'}, got {value!r}")
+        raise _fail(path, where, f"{field} must be {'an integer' if integer else 'a number'}, got {str(value)[:40]!r}")
+    if integer and maximum is None:
+        maximum = _SQLITE_INT_MAX
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        low = "-inf" if minimum is None else f"{minimum:g}"
+        raise _fail(path, where, f"{field} must be between {low} and {maximum:g}, got {str(value)[:40]}")
     return value
 
 
@@ -91,7 +119,7 @@ def _judgment(score: Any, config: dict[str, Any], path: Path, where: str) -> tup
     if not isinstance(score, dict):
         raise _fail(path, where, f"score must be an object, got {type(score).__name__}")
     judgment: dict[str, Any] = {"judge_model": config.get("judge_model_name"),
-                                "raw_output": score.get("raw_response")}
+                                "raw_output": _text(score.get("raw_response"), path, where, "score.raw_response")}
     if score.get("error") or not isinstance(score.get("attempts"), list):
         judgment.update(parse_status="error", error=str(score.get("error") or "no attempts list in the score"))
         return judgment, []
@@ -99,8 +127,9 @@ def _judgment(score: Any, config: dict[str, Any], path: Path, where: str) -> tup
     for index, attempt in enumerate(score["attempts"]):
         if not isinstance(attempt, dict):
             raise _fail(path, f"{where}, attempt {index}", "expected an object with attempt_text and score")
-        value = _number(attempt.get("score"), path, f"{where}, attempt {index}", "score")
-        attempts.append({"text": attempt.get("attempt_text"), "score": value})
+        value = _number(attempt.get("score"), path, f"{where}, attempt {index}", "score", minimum=0, maximum=100)
+        text = _text(attempt.get("attempt_text"), path, f"{where}, attempt {index}", "attempt_text")
+        attempts.append({"text": text, "score": value})
     judgment.update(parse_status="ok", error=None, n_attempts_raw=len(attempts))
     return judgment, attempts
 
@@ -119,7 +148,8 @@ def _plan(path: Path, data: dict[str, Any]) -> tuple[list[dict], list[tuple[dict
         where = f"results_by_feature[{f_index}]"
         if not isinstance(feature, dict):
             raise _fail(path, where, "expected an object")
-        latent = _number(feature.get("feature_index_in_sae"), path, where, "feature_index_in_sae", integer=True)
+        latent = _number(feature.get("feature_index_in_sae"), path, where, "feature_index_in_sae", integer=True, minimum=0)
+        _text(feature.get("feature_label"), path, where, "feature_label")
         if latent is None:
             raise _fail(path, where, "missing feature_index_in_sae")
         threshold = _number(feature.get("threshold"), path, where, "threshold")
@@ -152,8 +182,8 @@ def _plan(path: Path, data: dict[str, Any]) -> tuple[list[dict], list[tuple[dict
                 "base_prompt": prompt,  # the file keeps only the prompt as sent (meta-prompt included)
                 "prompt": prompt,
                 "boost": boost,
-                "seed": _number(trial.get("seed"), path, t_where, "seed", integer=True),
-                "response": trial.get("response"),
+                "seed": _number(trial.get("seed"), path, t_where, "seed", integer=True, minimum=0),
+                "response": _text(trial.get("response"), path, t_where, "response"),
                 "error": str(trial["error"]) if trial.get("error") else None,
                 "extra": {"feature_label": trial.get("feature_label"),
                           **{k: v for k, v in trial.items() if k not in _KNOWN_TRIAL_KEYS}},

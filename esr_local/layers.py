@@ -23,10 +23,20 @@ _HF_OUT = re.compile(r"^model\.(?:language_model\.)?layers\.(\d+)(?:\.output)?$"
 _HF_OUT_ALT = re.compile(r"^model\.model\.(?:language_model\.)?layers\.(\d+)(?:\.output)?$")
 
 
-def check_steerable(layer: int, n_layer: int) -> int:
-    """Return `layer` if llama.cpp can steer the output of that block, else raise UserInputError."""
+def check_steerable(layer: int, n_layer: int | None) -> int:
+    """Return `layer` if llama.cpp can steer the output of that block, else raise UserInputError.
+
+    n_layer None (no model known, e.g. exporting a vector from a bare SAE) checks only the lower bound.
+    """
     if isinstance(layer, bool) or not isinstance(layer, int):
         raise UserInputError(f"layer must be an integer, got {layer!r}")
+    if n_layer is None:
+        if layer < 1:
+            raise UserInputError(
+                f"layer {layer} cannot be steered: llama.cpp control vectors start at block 1 "
+                "(the output of block 0 has no control-vector slot); use a layer of 1 or more"
+            )
+        return layer
     if layer < 1:
         raise UserInputError(
             f"layer {layer} cannot be steered: llama.cpp control vectors start at block 1 "

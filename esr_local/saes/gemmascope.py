@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import zipfile
 import zlib
@@ -98,12 +99,15 @@ def read_npz(path: Path) -> dict[str, Tensor]:
                     dtype, order = _dtype_name(dt, where)
                     strides = None
                     if fortran:
-                        strides = [int(np.prod(shape[:k], dtype=np.int64)) for k in range(len(shape))]
+                        strides = [math.prod(shape[:k]) for k in range(len(shape))]
                     out[name] = FileTensor(path, data_start, dtype, shape, strides, byteorder=order, what=where)
                 else:
                     with zf.open(info) as fh:
                         shape, _fortran, dt = _read_npy_header(fh)
                     dtype, _ = _dtype_name(dt, where)
+                    if math.prod(shape) * dt.itemsize > info.file_size:  # never inflate more than the member holds
+                        raise FormatError(f"{where} claims shape {list(shape)}, more data than its {info.file_size} "
+                                          "bytes hold; the file is corrupt: download it again")
                     out[name] = _CompressedNpyTensor(path, info.filename, tuple(shape), dtype)
     except FormatError:
         raise

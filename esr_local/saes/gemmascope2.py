@@ -10,8 +10,10 @@ import numpy as np
 from ..errors import FormatError
 from .base import LinearSae, SaeInfo, check_shapes, decoder_dims, layer_or_none
 from .tensors import Tensor, open_safetensors
+from .validate import cfg_int, cfg_str
 
 WEIGHTS, CONFIG = "params.safetensors", "config.json"
+_MAX_CONFIG_BYTES = 16 * 2**20  # configs are a few KB; refuse to read anything absurd
 
 
 class GemmaScope2Sae(LinearSae):
@@ -27,8 +29,10 @@ class GemmaScope2Sae(LinearSae):
 def read_json_config(path: Path) -> dict:
     """A JSON object from `path`, or FormatError."""
     try:
+        if path.stat().st_size > _MAX_CONFIG_BYTES:
+            raise FormatError(f"{path} is {path.stat().st_size} bytes, far too large for an SAE config; is it the right file?")
         cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise FormatError(f"{path} is not readable JSON ({e})") from None
     if not isinstance(cfg, dict):
         raise FormatError(f"{path} must hold a JSON object")
@@ -53,11 +57,13 @@ def open_gemmascope2(folder: Path, *, source: str, labels: Path | None) -> Gemma
     d_sae, d_model = decoder_dims(str(folder / WEIGHTS), w_dec, "w_dec")
     check_shapes(str(folder / WEIGHTS), {"w_enc": (w_enc, (d_model, d_sae)), "b_enc": (b_enc, (d_sae,)),
                                          "b_dec": (b_dec, (d_model,)), "threshold": (threshold, (d_sae,))})
-    width = cfg.get("width")
-    if width is not None and int(width) != d_sae:
+    where = str(folder / CONFIG)
+    width = cfg_int(cfg, "width", where)
+    if width is not None and width != d_sae:
         raise FormatError(f"{folder / CONFIG} says width {width} but w_dec has {d_sae} rows")
     # The decoder writes to hf_hook_point_out (equal to hook_point_in for plain SAEs; differs for transcoders).
-    hook = cfg.get("hf_hook_point_out") or cfg.get("hf_hook_point_in")
+    hook = cfg_str(cfg, "hf_hook_point_out", where) or cfg_str(cfg, "hf_hook_point_in", where)
+    cfg_str(cfg, "architecture", where), cfg_str(cfg, "model_name", where)  # type checks only
     info = SaeInfo(
         family="gemmascope2",
         source=source,

@@ -10,6 +10,7 @@ from ..errors import FormatError
 from .base import LinearSae, SaeInfo, check_shapes, decoder_dims, layer_or_none
 from .gemmascope2 import read_json_config
 from .tensors import open_safetensors
+from .validate import cfg_bool, cfg_dict, cfg_int, cfg_str
 
 WEIGHTS, CONFIG = "sae_weights.safetensors", "cfg.json"
 
@@ -112,13 +113,17 @@ class SaeLensSae(LinearSae):
         return np.where(gate > 0, np.maximum(mag, 0.0), 0.0)
 
 
-def _describe(cfg: dict) -> tuple[str | None, str | None, str | None, str]:
+def _describe(cfg: dict, where: str = "cfg.json") -> tuple[str | None, str | None, str | None, str]:
     """(hook, model, neuronpedia_id, activation) from a v6 (nested metadata) or pre-6 (flat) cfg."""
-    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
-    hook = meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
-    model = meta.get("model_name") or cfg.get("model_name")
-    np_id = meta.get("neuronpedia_id") or cfg.get("neuronpedia_id")
-    arch = cfg.get("architecture")
+    meta = cfg_dict(cfg, "metadata", where)
+
+    def text(*keys: str) -> str | None:
+        return next((v for v in (cfg_str(d, k, where) for d, k in keys) if v), None)
+
+    hook = text((meta, "hook_name"), (cfg, "hook_name"), (cfg, "hook_point"))
+    model = text((meta, "model_name"), (cfg, "model_name"))
+    np_id = text((meta, "neuronpedia_id"), (cfg, "neuronpedia_id"))
+    arch = cfg_str(cfg, "architecture", where)
     act_fn = cfg.get("activation_fn_str") or cfg.get("activation_fn")
     if not isinstance(act_fn, str):
         act_fn = None
@@ -140,11 +145,11 @@ def open_saelens(folder: Path, *, source: str, labels: Path | None) -> SaeLensSa
     w_dec, w_enc = tensors["W_dec"], tensors["W_enc"]
     d_sae, d_model = decoder_dims(str(folder / WEIGHTS), w_dec)
     for key, want in (("d_in", d_model), ("d_sae", d_sae)):
-        if cfg.get(key) is not None and int(cfg[key]) != want:
+        if cfg_int(cfg, key, str(folder / CONFIG)) not in (None, want):
             raise FormatError(f"{folder / CONFIG} says {key}={cfg[key]} but W_dec has shape {list(w_dec.shape)}")
     check_shapes(str(folder / WEIGHTS), {name: (tensors.get(name), shape) for name, shape in
                                          (("W_enc", (d_model, d_sae)), ("b_enc", (d_sae,)), ("b_dec", (d_model,)), ("threshold", (d_sae,)))})
-    hook, model, np_id, activation = _describe(cfg)
+    hook, model, np_id, activation = _describe(cfg, str(folder / CONFIG))
     info = SaeInfo(
         family="saelens",
         source=source,
@@ -169,6 +174,6 @@ def open_saelens(folder: Path, *, source: str, labels: Path | None) -> SaeLensSa
         b_enc=tensors.get("b_enc"),
         b_dec=tensors.get("b_dec"),
         threshold=tensors.get("threshold"),
-        subtract_b_dec=bool(cfg.get("apply_b_dec_to_input", True)),
+        subtract_b_dec=cfg_bool(cfg, "apply_b_dec_to_input", str(folder / CONFIG), True),
         labels_path=labels,
     )

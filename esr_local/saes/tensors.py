@@ -13,6 +13,7 @@ loaders need (`row`, `col`, `take`, `read`) and always returns float32. Three im
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 import zipfile
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FormatError
+from .validate import int_list
 
 # Reads whose gap to the next wanted element is below this are merged into one pread.
 _MERGE_GAP_BYTES = 64 * 1024
@@ -125,7 +127,7 @@ class FileTensor(Tensor):
         self.dtype = dtype
         self.shape = tuple(int(s) for s in shape)
         if strides is None:  # C order
-            strides = [int(np.prod(self.shape[k + 1 :], dtype=np.int64)) for k in range(len(self.shape))]
+            strides = [math.prod(self.shape[k + 1 :]) for k in range(len(self.shape))]
         self.strides = tuple(int(s) for s in strides)
         if dtype == "bfloat16":
             self._np = np.dtype(byteorder + "u2")
@@ -295,19 +297,20 @@ def open_safetensors(path: str | Path) -> dict[str, Tensor]:
     """All tensors of a `.safetensors` file as lazy views (nothing but the header is read)."""
     path = Path(path)
     try:
+        size = path.stat().st_size
         with open(path, "rb") as fh:
             head = fh.read(8)
             if len(head) != 8:
                 raise ValueError("file shorter than the 8-byte header length")
             (n,) = struct.unpack("<Q", head)
-            if n > 100 * 1024 * 1024:
-                raise ValueError(f"header length {n} is implausible")
+            if n > min(100 * 1024 * 1024, size - 8):  # never allocate more than the file holds
+                raise ValueError(f"header length {n} does not fit in the file's {size} bytes")
             import json
 
             header = json.loads(fh.read(n))
         if not isinstance(header, dict):
             raise ValueError("header is not a JSON object")
-    except (OSError, ValueError, UnicodeDecodeError) as e:
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as e:
         raise FormatError(f"{path} is not a readable safetensors file ({e}); download it again") from None
     data_start = 8 + n
     out: dict[str, Tensor] = {}
@@ -315,18 +318,26 @@ def open_safetensors(path: str | Path) -> dict[str, Tensor]:
         if name == "__metadata__":
             continue
         try:
-            st_dtype, shape, (begin, end) = meta["dtype"], meta["shape"], meta["data_offsets"]
+            st_dtype, shape, offsets = meta["dtype"], meta["shape"], meta["data_offsets"]
         except (KeyError, TypeError, ValueError):
             raise FormatError(f"{path}: safetensors header entry {name!r} is malformed") from None
+        where = f"{path}: tensor {name!r}"
+        shape = int_list(shape, where, "shape")
+        begin, end = int_list(offsets, where, "data_offsets", length=2)
+        if begin > end or data_start + end > size:
+            raise FormatError(f"{where} claims bytes {begin} to {end} of a {size - data_start}-byte data section; "
+                              "the file is corrupt or truncated: download it again")
+        if not isinstance(st_dtype, str):
+            raise FormatError(f"{where}: dtype must be a string, got {st_dtype!r}")
         dtype = _ST_DTYPES.get(st_dtype)
         if dtype is None:
             raise FormatError(f"{path}: tensor {name!r} has dtype {st_dtype}; esr-local reads F32, F16, F64 and BF16")
+        itemsize = 2 if dtype == "bfloat16" else np.dtype(_NUMPY_DTYPES[dtype]).itemsize
+        if math.prod(shape) * itemsize != end - begin:  # exact integers: no int64 overflow on huge shapes
+            raise FormatError(f"{path}: tensor {name!r} does not fit its declared byte range; the file is corrupt")
         if dtype == "bfloat16":  # numpy has no bfloat16, so safetensors' numpy backend cannot slice it
-            out[name] = FileTensor(path, data_start + int(begin), dtype, shape, what=f"tensor {name!r}")
+            out[name] = FileTensor(path, data_start + begin, dtype, shape, what=f"tensor {name!r}")
         else:
-            expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(_NUMPY_DTYPES[dtype]).itemsize
-            if int(end) - int(begin) != expected or data_start + int(end) > path.stat().st_size:
-                raise FormatError(f"{path}: tensor {name!r} does not fit its declared byte range; the file is corrupt")
             out[name] = SafetensorsTensor(path, name, dtype, shape)
     return out
 
