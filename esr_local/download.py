@@ -31,6 +31,7 @@ from .errors import MissingResourceError, UserInputError
 OFFLINE_ENV = ("ESR_LOCAL_OFFLINE", "HF_HUB_OFFLINE")
 DEFAULT_TIMEOUT = 60.0  # seconds without a byte before a try is abandoned
 DEFAULT_TRIES = 3
+QUIET_BELOW = 100_000  # files smaller than this (bytes) download without a progress line
 _CHUNK = 1 << 16
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -112,10 +113,14 @@ def fetch_url(
                 if attempt < tries:
                     time.sleep(min(0.2 * 2 ** (attempt - 1), 2.0))
                 continue
+            try:
+                _check_and_place(part, dest, url, expected_sha, size if size is not None else total)
+            except DownloadError:
+                meter.abort()
+                raise
             meter.done()
-            _check_and_place(part, dest, url, expected_sha, size if size is not None else total)
             return dest
-        meter.done()
+        meter.abort()
         have = part.stat().st_size if part.exists() else 0
         raise DownloadError(
             f"download of {url} did not complete after {tries} tries ({last_error}); {have} bytes are kept in "
@@ -231,6 +236,8 @@ class _Progress:
 
     def start(self, have: int, total: int | None) -> None:
         self.done_bytes, self.total = have, total
+        if total is not None and total < QUIET_BELOW:
+            self.enabled = False  # a few kilobytes need no progress report
         if self.enabled and not self._started:
             size = _mb(total) if total else "unknown size"
             resumed = f", resuming at {_mb(have)}" if have else ""
@@ -249,6 +256,13 @@ class _Progress:
         if self.enabled and self._started:
             self._write(f"downloaded {self.name}: {_mb(self.done_bytes)}", final=True)
             self._started = False
+
+    def abort(self) -> None:
+        """End a rewritten terminal line so the error that follows starts on its own line."""
+        if self.enabled and self._started and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+        self._started = False
 
     def _write(self, text: str, *, final: bool) -> None:
         prefix = "\r" if self.tty else ""

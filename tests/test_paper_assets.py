@@ -181,3 +181,28 @@ def test_cli_offline_without_cache_is_one_error_line(mirror, monkeypatch, tmp_pa
     assert len(lines) == 1 and lines[0].startswith("Error: --rubric paper needs the reference judge.py")
     assert not paper_assets.cache_path(paper_assets.JUDGE_PY).exists()
     assert json.dumps(lines)  # plain text, no traceback
+
+
+def test_cli_tampered_download_is_one_error_line_and_nothing_is_kept(mirror):
+    import click
+
+    from esr_local.cli import main
+    from esr_local.cli.judge_options import judge_from_options, judge_options
+
+    @click.command()
+    @judge_options
+    def probe(**opts):
+        judge_from_options(**opts).close()
+
+    (mirror.root / "judge.py").write_text(FAKE_JUDGE_PY + "\n# appended by someone\n")
+    main.add_command(probe, "probe-judge-options")
+    try:
+        r = CliRunner().invoke(main, ["probe-judge-options", "--judge", "openai:m", "--judge-base-url",
+                                      "http://127.0.0.1:9/v1", "--rubric", "paper"])
+    finally:
+        main.commands.pop("probe-judge-options", None)
+    assert r.exit_code == 1
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "tampered or truncated download" in lines[0] and lines[0].startswith("Error: ")
+    folder = paper_assets.cache_path(paper_assets.JUDGE_PY).parent
+    assert sorted(p.name for p in folder.iterdir()) == ["judge.py.lock"]
