@@ -1,0 +1,141 @@
+"""Guard: calibration scores a boost by the judge's FIRST attempt, averaged, and bisects on exactly that.
+
+Real generation on the embedded SmolLM2 (a few tokens); the judge is a small scripted class whose first
+and last attempt scores differ on every call, so scoring on any other attempt moves the bisection
+elsewhere. The expected boost is the public `bisect_boost` fed the first-attempt scores by hand.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from esr_local.bisection import bisect_boost
+from esr_local.calibration import CalibrationSettings, calibrate_latent
+from esr_local.errors import BackendError
+from esr_local.judge.records import Attempt, Judgment
+from esr_local.store import Store
+
+LAYER = 12
+PROMPTS = ["Describe a forest.", "Write about the sea.", "Tell me about mountains."]
+LABEL = "concept under test"
+# (first, middle, last) attempt scores, 0-100, one triple per judge call; first and last always differ.
+SCRIPT = [(90, 50, 10), (80, 5, 20), (15, 60, 95), (40, 70, 0), (25, 1, 75), (60, 30, 5), (35, 90, 100)]
+
+
+class ScriptedJudge:
+    """Answers call i with three scored attempts from SCRIPT[i] (or a parse failure where scripted)."""
+
+    deterministic = True
+
+    def __init__(self, script, failures=()):
+        self.script = list(script)
+        self.failures = set(failures)  # call numbers that fail to parse
+        self.calls: list[tuple[str, str, str]] = []
+
+    def judge(self, prompt: str, response: str, label: str) -> Judgment:
+        i = len(self.calls)
+        self.calls.append((prompt, response, label))
+        if i in self.failures:
+            return Judgment(raw_output="garbage", attempts=None, parse_status="error", error="parse error: scripted",
+                            tries=1, latency_ms=0.0, n_attempts_raw=None)
+        first, middle, last = self.script[i]
+        attempts = [Attempt(name, None if v is None else float(v))
+                    for name, v in zip(("first", "middle", "last"), (first, middle, last))]
+        return Judgment(raw_output="{}", attempts=attempts, parse_status="ok", error=None, tries=1,
+                        latency_ms=0.0, n_attempts_raw=3)
+
+
+def _settings(**kw) -> CalibrationSettings:
+    base = dict(n_steps=4, samples_per_step=1, max_tokens=3, lower=0.0, upper=10.0, prior_mean=5.0, prior_std=2.5)
+    base.update(kw)
+    return CalibrationSettings(**base)
+
+
+def _expected(settings: CalibrationSettings, values: list[float]):
+    it = iter(values)
+    return bisect_boost(lambda b: next(it), target=settings.target, lower=settings.lower, upper=settings.upper,
+                        prior_mean=settings.prior_mean, prior_std=settings.prior_std, n_steps=settings.n_steps,
+                        update_weight=settings.update_weight)
+
+
+@pytest.fixture()
+def row(smollm2):
+    v = np.random.default_rng(7).standard_normal(smollm2.n_embd).astype(np.float32)
+    yield v / np.linalg.norm(v)
+    smollm2.clear()
+
+
+def test_boost_follows_the_first_attempt_scores_not_the_last(smollm2, row):
+    s = _settings()
+    judge = ScriptedJudge(SCRIPT)
+    out = calibrate_latent(smollm2, judge, row, LAYER, LABEL, PROMPTS, s, seed=11)
+    firsts = [f / 100 for f, _, _ in SCRIPT]
+    expected = _expected(s, firsts[: s.n_steps])
+    assert [st["score"] for st in out.steps] == firsts[: s.n_steps]
+    assert out.boost == expected.boost
+    assert [st["boost"] for st in out.steps] == [st.boost for st in expected.steps]
+    # The last attempts would have led somewhere else: the check discriminates.
+    assert _expected(s, [la / 100 for _, _, la in SCRIPT][: s.n_steps]).boost != expected.boost
+    # Re-measured once at the final boost: the next call's first attempt.
+    assert out.achieved_score == firsts[s.n_steps] and len(judge.calls) == s.n_steps + 1
+    assert not out.cached and out.calibration_id is None
+    # The model is left steered by the final boost at the calibrated layer, nowhere else.
+    assert set(smollm2.directions) == {LAYER}
+    np.testing.assert_allclose(smollm2.directions[LAYER], row * np.float32(out.boost), rtol=1e-6)
+    for prompt, response, label in judge.calls:
+        assert prompt in PROMPTS and label == LABEL and isinstance(response, str)
+
+
+def test_samples_per_step_are_averaged(smollm2, row):
+    s = _settings(n_steps=2, samples_per_step=2)
+    judge = ScriptedJudge(SCRIPT)
+    out = calibrate_latent(smollm2, judge, row, LAYER, LABEL, PROMPTS, s, seed=3)
+    firsts = [f / 100 for f, _, _ in SCRIPT]
+    means = [(firsts[0] + firsts[1]) / 2, (firsts[2] + firsts[3]) / 2]
+    assert [st["score"] for st in out.steps] == pytest.approx(means, abs=1e-12)
+    assert out.boost == _expected(s, means).boost
+    assert out.achieved_score == pytest.approx((firsts[4] + firsts[5]) / 2, abs=1e-12)
+    assert len(judge.calls) == 6
+
+
+def test_null_first_scores_are_skipped_and_failed_judgments_retried_three_times(smollm2, row):
+    s = _settings(n_steps=1)
+    # Call 0 fails to parse; call 1 has no score on its first attempt (the first SCORED attempt counts).
+    judge = ScriptedJudge([(0, 0, 0), (None, 70, 10), (30, 1, 2)], failures={0})
+    out = calibrate_latent(smollm2, judge, row, LAYER, LABEL, PROMPTS, s, seed=5)
+    assert [st["score"] for st in out.steps] == [0.70]  # call 0 failed; call 1's first scored attempt is 70
+    assert out.achieved_score == 0.30
+    assert len(judge.calls) == 3
+    # Two different prompts/seeds were tried for the failed sample (a fresh draw per retry).
+    assert judge.calls[0][1] != judge.calls[1][1] or judge.calls[0][0] != judge.calls[1][0]
+
+    always_failing = ScriptedJudge(SCRIPT, failures={0, 1, 2})
+    with pytest.raises(BackendError, match="no usable score"):
+        calibrate_latent(smollm2, always_failing, row, LAYER, LABEL, PROMPTS, s, seed=5)
+    assert len(always_failing.calls) == 3
+
+    twice_failing = ScriptedJudge(SCRIPT, failures={0, 1})
+    out = calibrate_latent(smollm2, twice_failing, row, LAYER, LABEL, PROMPTS, s, seed=5)
+    assert [st["score"] for st in out.steps] == [SCRIPT[2][0] / 100]
+
+
+def test_same_seed_same_calibration_and_a_cached_result_skips_the_judge(smollm2, row, tmp_path):
+    s = _settings(n_steps=2)
+    a, b = ScriptedJudge(SCRIPT), ScriptedJudge(SCRIPT)
+    calibrate_latent(smollm2, a, row, LAYER, LABEL, PROMPTS, s, seed=9)
+    calibrate_latent(smollm2, b, row, LAYER, LABEL, PROMPTS, s, seed=9)
+    assert a.calls == b.calls  # same prompts and same generated responses
+
+    store = Store(tmp_path / "cal.db")
+    key = {"model_sha256": "cd" * 32, "sae_source": "shipped:test", "latent": 4, "layer": LAYER,
+           "judge": "scripted", "settings_hash": s.settings_hash()}
+    first = calibrate_latent(smollm2, ScriptedJudge(SCRIPT), row, LAYER, LABEL, PROMPTS, s, seed=9,
+                             store=store, cache_key=key)
+    assert first.calibration_id is not None and not first.cached
+    untouched = ScriptedJudge([])
+    again = calibrate_latent(smollm2, untouched, row, LAYER, LABEL, PROMPTS, s, seed=9, store=store, cache_key=key)
+    assert again.cached and untouched.calls == []
+    assert (again.boost, again.achieved_score, again.calibration_id) == (first.boost, first.achieved_score,
+                                                                          first.calibration_id)
+    assert [st["score"] for st in again.steps] == [st["score"] for st in first.steps]
