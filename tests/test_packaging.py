@@ -22,6 +22,8 @@ def test_wheel_install_finds_catalog_dictionary_and_prompts(tmp_path):
         "from esr_local.prompts import load_prompts, load_meta_prompts\n"
         f"assert esr_local.__file__.startswith({str(target)!r}), esr_local.__file__\n"
         "assert len(load_catalog()) >= 8\n"
+        "from esr_local.judge.catalog import load_judge_catalog\n"
+        "assert 'qwen2.5-7b-instruct' in load_judge_catalog()\n"
         "sae = open_sae(None, get_entry('smollm2-135m-instruct'))\n"
         "print(sae.d_sae, sae.info.layer, len(load_prompts().prompts), sorted(load_meta_prompts())[0])\n"
     )
