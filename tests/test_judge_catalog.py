@@ -79,6 +79,8 @@ def test_local_name_is_resolved_from_the_hub_cache_and_judges_with_the_real_mode
     try:
         info = judge.describe()
         result = judge.judge("Name a yellow fruit.", "A banana is yellow.", "sea shells")
+        raw = judge.complete("Answer with one word.", "What colour is a ripe banana?")
+        assert raw == judge.complete("Answer with one word.", "What colour is a ripe banana?")  # greedy
     finally:
         judge.close()
     sha = hashlib.sha256(smollm2_path.read_bytes()).hexdigest()
@@ -89,6 +91,7 @@ def test_local_name_is_resolved_from_the_hub_cache_and_judges_with_the_real_mode
     assert info["deterministic"] is True and info["rubric_id"] == DEFAULT_RUBRIC.id
     assert info["version"].startswith("llama-cpp-python ")
     assert result.parse_status == "ok" and len(result.attempts) >= 1  # grammar-constrained: always parseable
+    assert isinstance(raw, str) and raw.strip() and "<json>" not in raw  # unconstrained: no grammar output
 
 
 def test_local_judge_threads_default_to_the_machine(hub, monkeypatch):

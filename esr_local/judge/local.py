@@ -19,6 +19,7 @@ from .records import Judgment
 from .grammar import JUDGE_GBNF, MAX_OUTPUT_CHARS
 
 DEFAULT_N_CTX = 4096
+RAW_MAX_TOKENS = 512  # cap of complete(): free-form answers have no grammar to end them
 # Room for the chat template's own tokens around the two messages.
 _TEMPLATE_SLACK = 32
 
@@ -140,10 +141,11 @@ class LocalJudge(Judge):
         return self._chat(system, user, grammar=self._grammar)
 
     def complete(self, system: str, user: str) -> str:
-        """A raw, unconstrained chat completion (greedy unless a temperature was set)."""
-        return self._chat(system, user, grammar=None)
+        """A raw, unconstrained chat completion of at most RAW_MAX_TOKENS tokens (greedy unless a
+        temperature was set)."""
+        return self._chat(system, user, grammar=None, max_tokens=RAW_MAX_TOKENS)
 
-    def _chat(self, system: str, user: str, *, grammar: Any) -> str:
+    def _chat(self, system: str, user: str, *, grammar: Any, max_tokens: int | None = None) -> str:
         if self._llm is None:
             raise BackendError("this local judge was closed")
         used = len(self._llm.tokenize(f"{system}\n{user}".encode(), add_bos=True, special=False))
@@ -161,7 +163,7 @@ class LocalJudge(Judge):
             out = self._llm.create_chat_completion(
                 messages=messages,
                 temperature=self.temperature,
-                max_tokens=self.max_tokens,
+                max_tokens=max_tokens or self.max_tokens,
                 grammar=grammar,
                 repeat_penalty=1.0,
                 seed=self.seed,
