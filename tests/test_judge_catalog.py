@@ -110,6 +110,17 @@ def test_a_missing_shard_offline_is_one_clear_error(hub):
     assert "big-00002-of-00002.gguf" in msg and "hf://esr-test/tiny-judge-GGUF" in msg and "local:PATH.gguf" in msg
 
 
+def test_esr_local_offline_alone_keeps_resolution_in_the_cache(hub, monkeypatch):
+    import huggingface_hub.constants as hfc
+
+    monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("ESR_LOCAL_OFFLINE", "1")
+    assert resolve_judge_model("tiny-judge").path == hub / "tiny-judge-q4_1.gguf"
+    with pytest.raises(MissingResourceError, match=r"big-00002-of-00002\.gguf .*not in the Hugging Face cache"):
+        resolve_judge_model("sharded-judge")
+
+
 def test_unknown_judge_name_lists_the_known_ones(hub):
     with pytest.raises(UserInputError, match=r"unknown local judge 'qwen-9000'.*qwen2\.5-7b-instruct.*tiny-judge"):
         make_judge("local:qwen-9000")

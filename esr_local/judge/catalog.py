@@ -91,10 +91,22 @@ def get_judge_entry(name: str) -> JudgeEntry:
 def resolve_judge_model(name: str) -> ResolvedJudgeModel:
     """Download (or find in the hub cache) every file of judge `name`; returns the first file."""
     entry = get_judge_entry(name)
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    from ..download import is_offline
 
     paths: list[Path] = []
     for filename in entry.files:
+        if is_offline():  # ESR_LOCAL_OFFLINE as well as HF_HUB_OFFLINE: the hub cache only
+            cached = try_to_load_from_cache(entry.hf_repo, filename, revision=entry.revision)
+            if not isinstance(cached, str):
+                raise MissingResourceError(
+                    f"judge {entry.name} needs {filename} from hf://{entry.hf_repo}, which is not in the Hugging Face "
+                    "cache and esr-local is offline (ESR_LOCAL_OFFLINE/HF_HUB_OFFLINE); go online once, or download "
+                    "the file(s) yourself and pass --judge local:PATH.gguf"
+                )
+            paths.append(Path(cached))
+            continue
         try:
             paths.append(Path(hf_hub_download(repo_id=entry.hf_repo, filename=filename, revision=entry.revision)))
         except Exception as exc:  # offline, gated, missing: one clear line
