@@ -14,7 +14,7 @@ import click
 from esr_local import __version__
 from esr_local.errors import EsrError
 
-from . import calibrate, doctor, importcmd, metrics, models, report, run, runs, steer, trials, vector
+from . import calibrate, doctor, importcmd, judge, metrics, models, report, run, runs, steer, trials, vector
 
 
 class EsrGroup(click.Group):
@@ -55,10 +55,16 @@ class EsrGroup(click.Group):
 
 @click.group(cls=EsrGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="esr-local")
-def main() -> None:
+@click.option("--offline", is_flag=True,
+              help="Never touch the network: use only cached models, SAEs, labels and paper assets, and say what is "
+                   "missing (same as ESR_LOCAL_OFFLINE=1).")
+def main(offline: bool = False) -> None:
     """Steer quantized GGUF models with SAE latents (llama.cpp) and measure endogenous steering resistance."""
+    if offline:  # read by esr_local.download.is_offline and huggingface_hub (imported lazily, after this)
+        os.environ["ESR_LOCAL_OFFLINE"] = "1"
+        os.environ["HF_HUB_OFFLINE"] = "1"
 
 
-for _module in (steer, vector, models, run, calibrate, metrics, importcmd, runs, report, trials, doctor):
+for _module in (steer, vector, models, run, calibrate, metrics, importcmd, runs, report, trials, doctor, judge):
     for _command in _module.commands:
         main.add_command(_command)

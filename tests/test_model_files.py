@@ -125,3 +125,164 @@ def test_catalog_chat_handling(smollm2_path):
         assert m.chat_mode == "chat" and m.format_prompt("hi") == "<<hi>>"
     with SteeredModel(smollm2_path, n_ctx=256) as m:
         assert m.format_prompt("hi").startswith("<|im_start|>") and "hi<|im_end|>" in m.format_prompt("hi")
+
+
+# -- downloads from a real HTTP server speaking the Hub's resolve protocol -------------------------------------
+
+import hashlib  # noqa: E402
+from pathlib import Path  # noqa: E402
+import threading  # noqa: E402
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
+
+HUB_ENTRY = USER_ENTRY.replace("tiny-hub-model", "served-model").replace("esr-test/tiny-GGUF", "esr-test/served-GGUF")
+
+
+def hfc_cache() -> str:
+    import huggingface_hub.constants as hfc
+
+    return hfc.HF_HUB_CACHE
+
+
+class _FakeHub:
+    """A 127.0.0.1 server answering HEAD/GET /{repo}/resolve/{rev}/{file} like the Hub (ETag = the file's
+    sha256, as for LFS files). `cut_first` drops the first GET halfway; `served` may differ from the bytes the
+    ETag names (a damaged transfer)."""
+
+    def __init__(self, content: bytes, *, served: bytes | None = None, cut_first: bool = False):
+        self.content, self.served, self.cut_first = content, served or content, cut_first
+        self.requests: list[tuple[str, str | None]] = []
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _head(self, status, length, extra=()):
+                self.send_response(status)
+                self.send_header("ETag", f'"{hashlib.sha256(hub.content).hexdigest()}"')
+                self.send_header("X-Repo-Commit", COMMIT)
+                self.send_header("Content-Length", str(length))
+                for k, v in extra:
+                    self.send_header(k, v)
+                self.end_headers()
+
+            def do_HEAD(self):
+                hub.requests.append(("HEAD", None))
+                self._head(200, len(hub.content))
+
+            def do_GET(self):
+                rng = self.headers.get("Range")
+                hub.requests.append(("GET", rng))
+                data = hub.served
+                if rng:
+                    start = int(rng.split("=")[1].split("-")[0])
+                    self._head(206, len(data) - start, [("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")])
+                    self.wfile.write(data[start:])
+                    return
+                self._head(200, len(data))
+                if hub.cut_first and sum(1 for r in hub.requests if r[0] == "GET") == 1:
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    self.connection.shutdown(2)  # the connection drops mid-transfer
+                    return
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture()
+def served(tmp_path, monkeypatch):
+    """A hub cache in tmp and the Hub's URL template pointing at a fake hub built by the returned factory."""
+    import huggingface_hub.constants as hfc
+
+    monkeypatch.setattr(hfc, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("ESR_LOCAL_OFFLINE", raising=False)
+    cat = tmp_path / "served.toml"
+    cat.write_text(HUB_ENTRY)
+    monkeypatch.setenv("ESR_LOCAL_CATALOG", str(cat))
+    hubs = []
+
+    def make(content: bytes, **kw) -> _FakeHub:
+        hub = _FakeHub(content, **kw)
+        monkeypatch.setattr(hfc, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+        hubs.append(hub)
+        return hub
+
+    yield make
+    for hub in hubs:
+        hub.close()
+
+
+def test_download_resumes_by_range_after_a_dropped_connection_and_is_hash_checked(served, capfd):
+    content = bytes(range(256)) * 4096  # 1 MiB
+    hub = served(content, cut_first=True)
+    resolved = resolve_model("served-model")
+    assert resolved.path.read_bytes() == content
+    assert resolved.path.resolve().name == hashlib.sha256(content).hexdigest()  # stored as the hub names it
+    gets = [r for r in hub.requests if r[0] == "GET"]
+    assert gets[0] == ("GET", None) and len(gets) == 2 and (gets[1][1] or "").startswith("bytes="), hub.requests
+    resumed_from = int(gets[1][1].split("=")[1].rstrip("-"))
+    assert 0 < resumed_from <= len(content) // 2  # the second request asked only for the rest
+    err = capfd.readouterr().err
+    assert "downloading tiny-Q4_1.gguf from hf://esr-test/served-GGUF" in err
+    # a second resolve uses the cache: no request at all
+    n = len(hub.requests)
+    assert resolve_model("served-model").path == resolved.path and len(hub.requests) == n
+
+
+def test_an_interrupted_download_left_behind_is_continued(served, tmp_path):
+    """What kill -9 mid-download leaves (blobs/<sha256>.part) is continued by the next process, not restarted
+    (huggingface_hub alone would start again from zero)."""
+    content = bytes(range(251)) * 2000
+    digest = hashlib.sha256(content).hexdigest()
+    blobs = tmp_path / "hf" / "models--esr-test--served-GGUF" / "blobs"
+    blobs.mkdir(parents=True)
+    (blobs / f"{digest}.part").write_bytes(content[:123_456])
+    hub = served(content)
+    path = resolve_model("served-model").path
+    assert path.read_bytes() == content and path.resolve() == blobs / digest and not (blobs / f"{digest}.part").exists()
+    assert [r for r in hub.requests if r[0] == "GET"] == [("GET", "bytes=123456-")]
+    from huggingface_hub import try_to_load_from_cache  # the layout is the hub's: its own lookup finds the file
+
+    assert try_to_load_from_cache("esr-test/served-GGUF", "tiny-Q4_1.gguf") == str(path)
+
+
+def test_damaged_download_is_refused(served):
+    content = b"GGUF" + bytes(1000)
+    served(content, served=b"GGUF" + bytes(999) + b"\x01")  # same size, one byte wrong
+    with pytest.raises(MissingResourceError, match="tampered or truncated download .* sha256"):
+        resolve_model("served-model")
+    blobs = Path(hfc_cache()) / "models--esr-test--served-GGUF" / "blobs"
+    assert not blobs.exists() or not any(blobs.iterdir())  # nothing damaged is kept
+    # a blob damaged on disk after the fact is caught too
+    from esr_local.model_files import _verify_hub_blob
+
+    digest = hashlib.sha256(content).hexdigest()
+    blobs.mkdir(parents=True, exist_ok=True)
+    (blobs / digest).write_bytes(content[:-1] + b"\x02")
+    with pytest.raises(MissingResourceError, match="is damaged .* delete .* to download it afresh"):
+        _verify_hub_blob(blobs / digest)
+
+
+def test_offline_never_touches_the_network_and_says_what_is_missing(served, monkeypatch):
+    hub = served(b"GGUF" + bytes(100))
+    monkeypatch.setenv("ESR_LOCAL_OFFLINE", "1")
+    with pytest.raises(MissingResourceError) as err:
+        resolve_model("served-model")
+    assert "offline mode is on" in str(err.value) and "huggingface-cli download esr-test/served-GGUF tiny-Q4_1.gguf" in str(err.value)
+    assert hub.requests == []
+    # the global --offline flag does the same from the command line (one Error: line, exit 1)
+    monkeypatch.delenv("ESR_LOCAL_OFFLINE")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # restored after the test (--offline sets both variables)
+    monkeypatch.setenv("ESR_LOCAL_OFFLINE", "0")
+    r = CliRunner().invoke(main, ["--offline", "steer", "--model", "served-model", "--latent", "1", "--max-tokens", "2"])
+    assert r.exit_code == 1 and r.stderr.startswith("Error: could not get tiny-Q4_1.gguf") and r.stderr.count("\n") == 1
+    assert hub.requests == []
