@@ -18,6 +18,7 @@ keeps working while the CLI prints them as one `Error:` line.
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import time
 import urllib.parse
@@ -63,10 +64,22 @@ def translate(exc: sqlite3.Error, path: str | Path) -> sqlite3.Error:
     if "database is locked" in msg or "database table is locked" in msg:
         return DatabaseLockedError(f"{path} stayed locked by another process for over {BUSY_TIMEOUT_S:g} s; "
                                    "wait for it to finish and run the command again")
+    if ("unable to open database file" in msg or "disk i/o error" in msg) and _disk_is_full(path):
+        return DiskFullError(f"the disk holding {path} is full; free some space and run the command again "
+                             "(finished work is saved)")
     if "unable to open database file" in msg or "disk i/o error" in msg:
-        return ReadOnlyDatabaseError(f"{path} could not be opened for writing ({exc}); check that its folder exists, "
-                                     f"is writable and has free space, or {_NEW_DB_HINT}")
+        return ReadOnlyDatabaseError(f"{path} could not be opened for writing ({exc}): its folder or disk may be "
+                                     f"read-only, missing or full; fix that, or {_NEW_DB_HINT}")
     return exc
+
+
+def _disk_is_full(path: str | Path) -> bool:
+    """True when the file system holding `path` has (almost) no free space left."""
+    folder = Path(path).parent
+    try:
+        return shutil.disk_usage(folder).free < 64 * 1024
+    except OSError:
+        return False
 
 
 class _GuardedCursor(sqlite3.Cursor):
@@ -116,7 +129,10 @@ class GuardedConnection(sqlite3.Connection):
 
 
 def _connect(target: str, path: Path, *, uri: bool = False) -> GuardedConnection:
-    conn = sqlite3.connect(target, timeout=BUSY_TIMEOUT_S, check_same_thread=False, uri=uri, factory=GuardedConnection)
+    try:
+        conn = sqlite3.connect(target, timeout=BUSY_TIMEOUT_S, check_same_thread=False, uri=uri, factory=GuardedConnection)
+    except sqlite3.DatabaseError as exc:
+        _reraise(exc, str(path))
     conn.esr_path = str(path)
     return conn
 
@@ -198,15 +214,16 @@ def open_database(path: str | Path, *, create: bool) -> GuardedConnection:
     deadline = time.monotonic() + BUSY_TIMEOUT_S
     conn = _connect(str(path), path)
     try:
-        _check_ours(conn, path)
         try:
+            _check_ours(conn, path)
             _enable_wal(conn, path, deadline)
             conn.execute("PRAGMA synchronous = NORMAL")  # safe in WAL mode; no fsync per trial
         except ReadOnlyDatabaseError:
             if create or not path.exists():
                 raise
-            conn.close()
+            conn.close()  # a read-only disk or folder: commands that only read still work
             conn = _open_read_only(path)
+            _check_ours(conn, path)
         conn.execute("PRAGMA foreign_keys = ON")
         return conn
     except BaseException:
