@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 
@@ -24,6 +25,8 @@ from esr_local.vectors import read_gguf
 from .common import SEED, build_sampling, finite_float, model_options, non_empty, sampling_options
 
 DEFAULT_PROMPT = "Explain how to change a bike tire."
+_COLORS = {"steered": "\x1b[33m", "unsteered": "\x1b[36m"}  # yellow, cyan
+_RESET = "\x1b[0m"
 
 
 @click.command(name="steer")
@@ -39,10 +42,12 @@ DEFAULT_PROMPT = "Explain how to change a bike tire."
 @click.option("--seed", type=SEED, default=None, help="Sampling seed, 0 to 2^32-1 (default: random, printed).")
 @click.option("--compare", is_flag=True, help="Also print the unsteered answer (same seed).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming text.")
+@click.option("--color/--no-color", "color", default=None,
+              help="Colour the steered (yellow) and unsteered (cyan) text (default: on a terminal, unless NO_COLOR is set).")
 @model_options
 @sampling_options
-def steer_cmd(latents, scales, sae, labels, layer, vector_file, prompt, seed, compare, as_json, model, quant, catalog,
-              n_ctx, threads, gpu_layers, chat_mode, **sampling_kw):
+def steer_cmd(latents, scales, sae, labels, layer, vector_file, prompt, seed, compare, as_json, color, model, quant,
+              catalog, n_ctx, threads, gpu_layers, chat_mode, **sampling_kw):
     """Generate an answer while SAE latents are added to the residual stream at one layer."""
     if vector_file:
         given = [name for name, v in (("--latent", latents), ("--sae", sae), ("--labels", labels), ("--layer", layer)) if v not in (None, (), "")]
@@ -85,11 +90,17 @@ def steer_cmd(latents, scales, sae, labels, layer, vector_file, prompt, seed, co
     if not as_json:
         click.echo(f"# {resolved.name} | seed {seed} | {header}", err=True)
     runs = [("steered", cv.directions)] + ([("unsteered", None)] if compare else [])
+    use_color = not as_json and (color if color is not None else
+                                 sys.stdout.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb")
     for name, directions in runs:
         lm.set_directions(directions)
         if not as_json and compare:
-            click.echo(f"\n=== {name} ===")
+            click.echo(click.style(f"\n=== {name} ===", bold=True) if use_color else f"\n=== {name} ===", color=use_color)
+        if use_color:  # raw ANSI around the streamed pieces (click.style needs the whole text)
+            sys.stdout.write(_COLORS[name])
         gen = lm.generate(prompt, sampling, seed, on_text=stream)
+        if use_color:
+            sys.stdout.write(_RESET)
         if not as_json:
             click.echo("")
             click.echo(f"# {gen.completion_tokens} tokens, {gen.tokens_per_s:.1f} tok/s, stop: {gen.stop_reason}", err=True)
