@@ -95,6 +95,16 @@ class FaultyServer:
             def fault_scoretype(self, _):
                 self._send(200, _chat(WRONG_SCORE_TYPE))
 
+            def fault_aok(self, _):  # an Anthropic Messages reply
+                self._send(200, json.dumps({"type": "message", "content": [{"type": "text", "text": GOOD}]}).encode())
+
+            def fault_overloaded(self, fault):  # Anthropic's 529
+                self._send(529, b'{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}',
+                           [("Retry-After", fault.split(":")[1])])
+
+            def fault_atext(self, _):  # a text block whose text is not a string
+                self._send(200, json.dumps({"type": "message", "content": [{"type": "text", "text": 7}]}).encode())
+
             def fault_unauthorized(self, _):
                 self._send(401, b'{"error": {"message": "bad key"}}')
 
@@ -273,3 +283,13 @@ def test_complete_returns_raw_text_and_retries_transient_failures():
     with FaultyServer(["error500"]) as server:
         with pytest.raises(BackendError, match=r"failed 2 time\(s\).*HTTP 500"):
             _judge(server.url, max_retries=2).complete("s", "u")
+
+
+def test_anthropic_overload_with_retry_after_and_a_wrongly_typed_block_are_retried():
+    with FaultyServer(["overloaded:0.3", "atext", "aok"]) as server:
+        judge = make_judge("anthropic", api_key="k-test", base_url=server.url, retry_backoff=0.01, timeout=10)
+        result = judge.judge("p", "r", "l")
+    assert result.parse_status == "ok" and result.tries == 3
+    assert "HTTP 529" in result.errors[0] and "Overloaded" in result.errors[0]
+    assert "text is not a string" in result.errors[1]
+    assert server.arrivals[1] - server.arrivals[0] >= 0.3
