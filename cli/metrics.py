@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from esr_local.metrics import METRIC_KEYS, metrics_for_store
+from esr_local.metrics import METRIC_KEYS, flagged_latents, metrics_for_store
 
 from .options import db_option, json_option, open_store
 
@@ -49,14 +49,20 @@ def format_metrics_table(rows: list[dict[str, Any]]) -> str:
 
 def metrics_records(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Metrics rows reduced to run_id, condition and exactly METRIC_KEYS (the --json shape)."""
-    return [{"run_id": r["run_id"], "condition": r["condition"], **{k: r[k] for k in METRIC_KEYS}} for r in rows]
+    return [{"run_id": r["run_id"], "condition": r["condition"], **{k: r[k] for k in METRIC_KEYS},
+             **{k: r[k] for k in ("judge_key", "flagged_latents", "excluded_latents") if k in r}} for r in rows]
 
 
 @click.command(name="metrics")
 @click.argument("runs", nargs=-1, metavar="[RUN]...")
+@click.option("--judge", "judge", default=None,
+              help="Count this judge's judgments (a judge key, key prefix or the --judge spec it graded with); "
+                   "default: each run's own judge.")
+@click.option("--exclude-flagged", is_flag=True, help="Leave out latents flagged by calibration (boost at a bound, "
+              "or re-measured score more than 0.15 from the target).")
 @db_option
 @json_option
-def metrics_command(runs: tuple[str, ...], db: Path | None, json_: bool) -> None:
+def metrics_command(runs: tuple[str, ...], judge: str | None, exclude_flagged: bool, db: Path | None, json_: bool) -> None:
     """Multi-attempt rate, ESR rate, conditional improvement rate and mean scores (with standard errors)
     per run and condition. RUN is a run id or a unique prefix; without RUN, every run is shown.
 
@@ -64,13 +70,18 @@ def metrics_command(runs: tuple[str, ...], db: Path | None, json_: bool) -> None
     score. Rates are percentages; '-' (null in JSON) marks values that are undefined.
     """
     with open_store(db, create=False) as store:
-        rows = metrics_for_store(store, list(runs) if runs else None)
+        rows = metrics_for_store(store, list(runs) if runs else None, judge=judge, exclude_flagged=exclude_flagged)
+        flagged = flagged_latents(store, sorted({r["run_id"] for r in rows}))
     if json_:
         click.echo(json.dumps(metrics_records(rows), indent=2))
-    elif not rows:
+        return
+    if not rows:
         click.echo("No trials recorded yet.", err=True)
-    else:
-        click.echo(format_metrics_table(rows))
+        return
+    click.echo(format_metrics_table(rows))
+    for f in flagged:
+        what = "left out" if exclude_flagged else "counted; --exclude-flagged leaves it out"
+        click.echo(f"flagged: run {f['run_id']} latent {f['latent']} ({f['label']}): {f['flags']} [{what}]")
 
 
 commands: list[click.Command] = [metrics_command]

@@ -6,32 +6,58 @@ import json
 import sys
 
 import click
+from click.core import ParameterSource
 
-from esr_local.experiment import ExperimentRunner, ExperimentSettings
+from esr_local.errors import UserInputError
+from esr_local.runs import RunOptions, create_run, execute_run
+from esr_local.sampling import MAX_SEED
 
 from .common import calibration_options, finite_float, model_options, sampling_options
+from .judge_options import judge_options as shared_judge_options
 from .options import db_option, open_store
 
 
 def judge_options(f):
-    """--judge, --judge-model-path, --judge-base-url, --restart-gating."""
-    f = click.option("--restart-gating", is_flag=True,
-                     help="Accept an attempt boundary only where restart language occurs in the response (recorded).")(f)
-    f = click.option("--judge-base-url", default=None, envvar="ESR_JUDGE_BASE_URL",
-                     help="Base URL of an OpenAI-compatible endpoint (openai:MODEL) or the Anthropic API.")(f)
-    f = click.option("--judge-model-path", default=None, type=click.Path(),
-                     help="GGUF for the local judge (default: the embedded SmolLM2 - a plumbing check, not a research judge).")(f)
-    f = click.option("--judge", "judge", default="local", show_default=True, envvar="ESR_JUDGE",
-                     help="local[:PATH.gguf] | openai:MODEL | anthropic:MODEL (paper: anthropic:claude-haiku-4-5-20251001).")(f)
-    return f
+    """The judge options shared by `run` and `calibrate`, plus the judge-check switches."""
+    f = click.option("--skip-judge-check", is_flag=True, help="Do not check the judge on the annotated cases (recorded).")(f)
+    f = click.option("--allow-weak-judge", is_flag=True,
+                     help="Run even if the judge misses the check's thresholds (warned and recorded).")(f)
+    return shared_judge_options(f)
+
+
+# Options that define what a run does: with --resume they would be ignored, so they are refused.
+RESUME_CONFLICTS = (
+    "latents", "n_latents", "latent_set", "sae", "labels", "layer", "prompts_file", "prompts_per_latent", "replicates",
+    "boost", "conditions", "meta_prompts", "meta_prompts_file", "sweep_levels", "replay_run", "target_score",
+    "calibration_steps", "calibration_samples", "calibration_max_tokens", "seed", "parallel", "judge",
+    "judge_model_path", "judge_base_url", "rubric", "judge_timeout", "restart_gating", "allow_weak_judge",
+    "skip_judge_check", "model", "quant", "catalog", "n_ctx", "chat_mode", "boost_lower", "boost_upper",
+    "boost_prior_mean", "boost_prior_std", "temperature", "max_tokens", "repetition_penalty", "top_k", "top_p", "min_p",
+)
+
+
+# What a replay takes from its source run (only conditions, the judge and how to run may differ).
+REPLAY_CONFLICTS = tuple(n for n in RESUME_CONFLICTS if n not in (
+    "conditions", "meta_prompts", "meta_prompts_file", "replay_run", "parallel", "judge", "judge_model_path",
+    "judge_base_url", "rubric", "judge_timeout", "restart_gating", "allow_weak_judge", "skip_judge_check"))
+
+
+def given_options(ctx: click.Context, names) -> list[str]:
+    """The options among `names` that were typed on the command line."""
+    out = []
+    for p in ctx.command.params:
+        if p.name in names and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE:
+            out.append(p.opts[0])
+    return out
 
 
 @click.command(name="run")
 @click.option("--latent", "-l", "latents", type=click.IntRange(min=0), multiple=True, help="Latent to steer (repeatable).")
 @click.option("--n-latents", type=click.IntRange(1), default=None, help="Or: this many latents drawn at random (seeded).")
-@click.option("--sae", default=None, help="SAE source (default: the catalog's; the embedded dictionary for SmolLM2).")
+@click.option("--latent-set", default=None, help="Or: a stored latent set (esr-local latents).")
+@click.option("--sae", default=None, help="SAE source (default: the catalog's); steered at its own layer unless --layer.")
 @click.option("--labels", default=None, type=click.Path(), help="Labels file for the SAE.")
-@click.option("--layer", type=int, default=None, help="Steering layer (default: the catalog's).")
+@click.option("--layer", type=int, default=None, help="Steering layer (default: a given SAE's own, else the catalog's).")
 @click.option("--prompts", "prompts_file", default=None, type=click.Path(), help="One prompt per line (default: the shipped 38+).")
 @click.option("--n-prompts", "prompts_per_latent", type=click.IntRange(1), default=5, show_default=True,
               help="Prompts per latent, drawn without replacement.")
@@ -45,12 +71,12 @@ def judge_options(f):
 @click.option("--meta-prompts-file", default=None, type=click.Path(), help="TOML file of extra meta-prompt templates (id = \"text {label}\").")
 @click.option("--sweep-levels", type=click.IntRange(0), default=0, help="Add a boost sweep: N levels from mean-3sd to mean+3sd of the calibrated boosts.")
 @click.option("--replay", "replay_run", default=None, help="Reuse an earlier run's latents, boosts, prompts and seeds with new conditions.")
-@click.option("--resume", "resume_run", default=None, help="Continue a run that stopped (killed, Ctrl-C, error).")
+@click.option("--resume", "resume_run", default=None, help="Continue a run that stopped (killed, Ctrl-C, error, partial).")
 @click.option("--target-score", type=click.FloatRange(0, 1), default=0.30, show_default=True, help="Calibration target (first-attempt score / 100).")
 @click.option("--calibration-steps", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--calibration-samples", type=click.IntRange(1), default=None, help="Prompts averaged per bisection step (catalog default).")
 @click.option("--calibration-max-tokens", type=click.IntRange(1), default=256, show_default=True)
-@click.option("--seed", type=click.IntRange(0), default=None, help="Run seed (default random, recorded); trial seeds derive from it.")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=None, help="Run seed (default random, recorded); trial seeds derive from it.")
 @click.option("--parallel", type=click.IntRange(1, 16), default=2, show_default=True,
               help="Trials sharing a latent and boost decode as this many parallel sequences of one context "
                    "(2 measured 1.35x faster than 1 on 2 cores; 1 = one at a time).")
@@ -60,31 +86,29 @@ def judge_options(f):
 @model_options
 @sampling_options
 @db_option
-def run_cmd(db, latents, n_latents, sae, labels, layer, prompts_file, prompts_per_latent, replicates, boost, conditions,
-            meta_prompts, meta_prompts_file, sweep_levels, replay_run, resume_run, target_score, calibration_steps,
-            calibration_samples, calibration_max_tokens, seed, parallel, as_json, judge, judge_model_path, judge_base_url,
-            restart_gating, model, quant, catalog, n_ctx, threads, gpu_layers, chat_mode, boost_lower, boost_upper,
-            boost_prior_mean, boost_prior_std, **sampling):
+@click.pass_context
+def run_cmd(ctx, db, resume_run, as_json, threads, gpu_layers, meta_prompts, conditions, **kw):
     """Steer each latent at its calibrated boost on N prompts, judge every answer, log it all to SQLite."""
     store = open_store(db)
-    runner = ExperimentRunner(store, echo=lambda s: click.echo(s, err=True), progress=progress_printer())
+    echo = lambda s: click.echo(s, err=True)  # noqa: E731
+    judge = None
     if resume_run:
+        given = given_options(ctx, RESUME_CONFLICTS)
+        if given:
+            raise UserInputError(f"--resume continues a run exactly as it was created; drop {', '.join(given)} "
+                                 "(only --threads, --gpu-layers, --db and --json may change)")
         run_id = store.get_run(resume_run)["id"]
     else:
+        given = given_options(ctx, REPLAY_CONFLICTS) if kw.get("replay_run") else []
+        if given:
+            raise UserInputError(f"--replay reuses the source run's latents, boosts, model, SAE, prompts, seeds and "
+                                 f"sampling; drop {', '.join(given)}")
         conds = list(conditions) + [f"meta:{m}" for m in meta_prompts]
-        settings = ExperimentSettings(
-            model=model, quant=quant, catalog=catalog, sae=sae, labels=labels, layer=layer, latents=list(latents),
-            n_latents=n_latents, prompts_file=prompts_file, prompts_per_latent=prompts_per_latent, replicates=replicates,
-            boost=boost, conditions=conds or ["steered"], meta_prompts_file=meta_prompts_file, sweep_levels=sweep_levels,
-            judge=judge, judge_model_path=judge_model_path, judge_base_url=judge_base_url, restart_gating=restart_gating,
-            target_score=target_score, calibration_steps=calibration_steps, calibration_samples=calibration_samples,
-            calibration_max_tokens=calibration_max_tokens, seed=seed, n_ctx=n_ctx, threads=threads, gpu_layers=gpu_layers,
-            chat_mode=chat_mode, parallel=parallel, replay_run=replay_run, boost_lower=boost_lower, boost_upper=boost_upper,
-            boost_prior_mean=boost_prior_mean, boost_prior_std=boost_prior_std, **sampling,
-        )
-        run_id = runner.create(settings, ["esr-local", *sys.argv[1:]])
-        click.echo(f"run {run_id} created (resume with: esr-local run --resume {run_id})", err=True)
-    summary = runner.execute(run_id)
+        opts = RunOptions(conditions=conds or ["steered"], threads=threads, gpu_layers=gpu_layers,
+                          **{k: (list(v) if k == "latents" else v) for k, v in kw.items()})
+        run_id, judge = create_run(store, opts, ["esr-local", *sys.argv[1:]], echo=echo)
+        echo(f"run {run_id} created (resume with: esr-local run --resume {run_id})")
+    summary = execute_run(store, run_id, judge=judge, echo=echo, progress=progress_printer())
     if sys.stderr.isatty():
         click.echo("", err=True)
     from esr_local.metrics import metrics_for_store
@@ -97,6 +121,20 @@ def run_cmd(db, latents, n_latents, sae, labels, layer, prompts_file, prompts_pe
     for r in rows:
         click.echo(f"  {r['condition']}: n={r['n']}  multi-attempt {_fmt(r['multi_attempt_rate'])}%  ESR {_fmt(r['esr_rate'])}%  "
                    f"mean first score {_fmt(r['mean_first_score'])}")
+    click.echo(summary_line(summary))
+
+
+def summary_line(s: dict) -> str:
+    """`success: 20 trials` or `PARTIAL: 14 failed judgment(s), ...` with the flagged latents."""
+    failed = [(s.get(k) or 0, what) for k, what in (("failed_calibrations", "failed calibration(s)"),
+                                                    ("failed_generations", "failed generation(s)"),
+                                                    ("failed_judgments", "failed judgment(s)"))]
+    line = (f"PARTIAL: {', '.join(f'{n} {w}' for n, w in failed if n)} of {s.get('planned', 0)} trials / "
+            f"{s.get('latents', 0)} latents; resume with --resume {s['run_id']} to retry them"
+            if any(n for n, _ in failed) else f"success: {s.get('planned', 0)} trials, {s.get('latents', 0)} latents")
+    if s.get("flagged_latents"):
+        line += f"; {s['flagged_latents']} latent(s) flagged by calibration (see `esr-local metrics`)"
+    return line
 
 
 def progress_printer():

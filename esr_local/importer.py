@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import FormatError, MissingResourceError
+from .runs.conditions import Condition
 from .store import Store
 
 _KNOWN_TRIAL_KEYS = {
@@ -77,12 +78,12 @@ def _text(value: Any, path: Path, where: str, field: str) -> str | None:
 def condition_for(config: dict[str, Any], data: dict[str, Any] | None = None) -> str:
     """The condition name of a reference file from its experiment_config (and top-level keys)."""
     if config.get("prompt_variant_id"):
-        return f"meta:{config['prompt_variant_id']}"
+        return Condition.meta(str(config["prompt_variant_id"])).name
     if config.get("disable_steering"):
-        return "baseline"
+        return Condition("baseline").name
     if data and data.get("ablated_latents"):
-        return "ablation"
-    return "steered"
+        return Condition("ablation").name
+    return Condition("steered").name
 
 
 def _sweep_condition(levels: list[float], boost: float | None, fallback: str) -> str:
@@ -90,7 +91,7 @@ def _sweep_condition(levels: list[float], boost: float | None, fallback: str) ->
     if not levels or boost is None:
         return fallback
     k = min(range(len(levels)), key=lambda i: abs(levels[i] - boost))
-    return f"sweep:{k}" if abs(levels[k] - boost) <= 1e-6 * max(1.0, abs(boost)) else fallback
+    return Condition.sweep(k).name if abs(levels[k] - boost) <= 1e-6 * max(1.0, abs(boost)) else fallback
 
 
 _SQLITE_INT_MAX = 2**63 - 1

@@ -138,24 +138,50 @@ def trial_scores_from_row(trial: dict[str, Any], latent_error: str | None = None
     return TrialScores(scores, error)
 
 
-def metrics_for_store(store: Store, run_ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
+def metrics_for_store(store: Store, run_ids: Iterable[str] | None = None, *, judge: str | None = None,
+                      exclude_flagged: bool = False) -> list[dict[str, Any]]:
     """One metrics dict per (run_id, condition), computed in Python from the stored trials.
 
-    `run_ids` may hold full ids or unique prefixes; None means every run. Each dict has `run_id`,
-    `condition` and METRIC_KEYS. Rows are ordered by run id, then condition. The SQL view
-    `run_metrics` gives the same numbers.
+    `run_ids` may hold full ids or unique prefixes; None means every run. `judge` picks whose judgments
+    count (a judge key, key prefix or the spec it graded with; default each run's own judge, see
+    esr_local.runs.judging.resolve_judge_key). `exclude_flagged` leaves out latents flagged by calibration.
+    Each dict has `run_id`, `condition`, METRIC_KEYS, `judge_key`, `flagged_latents` (how many of the
+    condition's latents are flagged) and `excluded_latents`. Rows are ordered by run id, then condition.
+    The SQL view `run_metrics` gives the same numbers for each run's own judge.
     """
+    from .runs.judging import resolve_judge_key
+
     if run_ids is None:
         ids = [run["id"] for run in store.list_runs()]
     else:
         ids = [store.get_run(run_id)["id"] for run_id in run_ids]
     rows: list[dict[str, Any]] = []
     for run_id in sorted(dict.fromkeys(ids)):
-        latent_errors = {row["latent"]: row["error"] for row in store.latents(run_id)}
+        key = resolve_judge_key(store, run_id, judge) if judge else store.run_judge_key(run_id)
+        latent_rows = {row["latent"]: row for row in store.latents(run_id)}
         by_condition: dict[str, list[TrialScores]] = {}
-        for trial in store.trials(run_id):
-            scores = trial_scores_from_row(trial, latent_errors.get(trial["latent"]))
+        flagged: dict[str, set[int]] = {}
+        for trial in store.trials(run_id, judge_key=key):
+            lat = latent_rows.get(trial["latent"]) or {}
+            if lat.get("flags"):
+                flagged.setdefault(trial["condition"], set()).add(trial["latent"])
+                if exclude_flagged:
+                    by_condition.setdefault(trial["condition"], [])
+                    continue
+            scores = trial_scores_from_row(trial, lat.get("error"))
             by_condition.setdefault(trial["condition"], []).append(scores)
         for condition in sorted(by_condition):
-            rows.append({"run_id": run_id, "condition": condition, **compute_metrics(by_condition[condition])})
+            n_flagged = len(flagged.get(condition, ()))
+            rows.append({"run_id": run_id, "condition": condition, **compute_metrics(by_condition[condition]),
+                         "judge_key": key, "flagged_latents": n_flagged,
+                         "excluded_latents": n_flagged if exclude_flagged else 0})
     return rows
+
+
+def flagged_latents(store: Store, run_ids: Iterable[str]) -> list[dict[str, Any]]:
+    """The latents flagged by calibration in these runs (run_id, latent, label, boost, flags)."""
+    out = []
+    for run_id in run_ids:
+        out += [{"run_id": run_id, **{k: r[k] for k in ("latent", "label", "boost", "flags")}}
+                for r in store.latents(run_id) if r.get("flags")]
+    return out

@@ -40,8 +40,16 @@ def sae_display_source(source: str | None, entry: CatalogEntry | None) -> str | 
     return source or (entry.sae.source if entry else None)
 
 
-def choose_layer(layer: int | None, entry: CatalogEntry | None, sae, n_layer: int) -> int:
-    """`--layer`, else the catalog's steering layer, else the SAE's own hook layer; checked against the model."""
+def choose_layer(layer: int | None, entry: CatalogEntry | None, sae, n_layer: int, *, user_sae: bool | None = None) -> int:
+    """`--layer`; else, for an SAE the user gave (`user_sae`, or when None: an SAE that is not the catalog
+    entry's), the SAE's own hook layer; else the catalog's steering layer, else the SAE's own layer.
+    Checked against the model."""
+    if user_sae is None:
+        user_sae = sae is not None and entry is not None and sae.info.source != entry.sae.source
+    if layer is None and user_sae:
+        if sae.info.layer is None:
+            raise UserInputError(f"the SAE {sae.info.source} does not say which layer it was trained on; pass --layer N")
+        layer = int(sae.info.layer)
     if layer is None and entry is not None and entry.sae.steering_layer is not None:
         layer = int(entry.sae.steering_layer)
     if layer is None and sae is not None and sae.info.layer is not None:

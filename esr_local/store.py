@@ -165,7 +165,7 @@ class Store:
         for column in RUN_SETTING_COLUMNS:
             if column in settings:
                 row[column] = _column_value(settings[column])
-        row["settings_json"] = _json(settings)
+        row["settings_json"] = _json({k: v for k, v in settings.items() if k != "spec_json"})  # stored once
         with self.transaction():
             self.db["runs"].insert(row)
         return run_id
@@ -258,6 +258,11 @@ class Store:
         if row:
             with self.transaction():
                 self.db["runs"].update(run_id, row)
+
+    def set_run_summary(self, run_id: str, summary: dict[str, Any]) -> None:
+        """Store the end-of-execution summary (counts of planned, done and failed work)."""
+        with self.transaction():
+            self.db.execute("UPDATE runs SET summary_json = ? WHERE id = ?", (_json(summary), run_id))
 
     def set_run_status(self, run_id: str, status: str, error: str | None = None) -> None:
         """Set a run's status and error; terminal statuses (success, error, cancelled) set finished_utc."""

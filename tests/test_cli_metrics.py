@@ -63,7 +63,8 @@ def test_import_then_metrics_and_runs(runner, reference_file, tmp_path):
     result = runner.invoke(main, ["metrics", run_id[:-2], "--db", str(db), "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     [row] = json.loads(result.output)
-    assert list(row) == ["run_id", "condition", *METRIC_KEYS]
+    assert list(row) == ["run_id", "condition", *METRIC_KEYS, "judge_key", "flagged_latents", "excluded_latents"]
+    assert (row["flagged_latents"], row["excluded_latents"]) == (0, 0)
     assert (row["run_id"], row["condition"], row["n"], row["multi_attempt_count"], row["improved_count"]) == (
         run_id, "steered", 2, 1, 1)
     assert row["multi_attempt_rate"] == 50.0 and row["esr_rate"] == 50.0 and row["improvement_rate"] == 100.0

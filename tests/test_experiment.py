@@ -17,15 +17,14 @@ from click.testing import CliRunner
 
 from esr_local.cli import main
 from esr_local.errors import UserInputError
-from esr_local.experiment import (
-    ExperimentSettings,
-    _groups,
-    check_conditions,
-    choose_prompt_indices,
-    plan_trials,
-    sweep_levels,
-    trial_seed,
-)
+from esr_local.runs.conditions import Condition, check_conditions, sweep_levels
+from esr_local.runs.plan import base_trials, choose_prompt_indices, plan_trials, trial_seed
+from esr_local.runs.plan import groups as _groups
+
+
+def _plan(conditions, prompts_per_latent, replicates, run_seed, latents, labels, boosts, prompts, levels, meta):
+    base = base_trials(run_seed, latents, prompts, prompts_per_latent, replicates)
+    return plan_trials(base, [Condition.parse(c) for c in conditions], labels, boosts, levels, meta)
 
 META = {"self_monitor": "Stay on track.", "ignore_latent_label": "You are being distracted with {label}. Ignore it."}
 
@@ -65,9 +64,9 @@ def test_sweep_levels_span_mean_plus_minus_three_sd_clamped_at_zero():
 
 
 def test_plan_pairs_conditions_on_the_same_prompts_and_seeds():
-    s = ExperimentSettings(prompts_per_latent=2, replicates=2, conditions=["steered", "baseline", "meta:self_monitor"])
     prompts = [f"Prompt {i}." for i in range(6)]
-    plan = plan_trials(s, 11, [3, 9], {3: "octopuses", 9: "jazz"}, {3: 2.5, 9: 1.5}, prompts, [], META)
+    plan = _plan(["steered", "baseline", "meta:self_monitor"], 2, 2, 11, [3, 9], {3: "octopuses", 9: "jazz"},
+                 {3: 2.5, 9: 1.5}, prompts, [], META)
     assert len(plan) == 2 * 2 * 2 * 3
     keys = {(t.condition, t.latent, t.prompt_index, t.replicate) for t in plan}
     assert len(keys) == len(plan)
@@ -83,8 +82,7 @@ def test_plan_pairs_conditions_on_the_same_prompts_and_seeds():
 
 
 def test_plan_skips_latents_without_a_boost_and_adds_sweep_levels():
-    s = ExperimentSettings(prompts_per_latent=1, conditions=["steered"])
-    plan = plan_trials(s, 1, [1, 2], {}, {1: 3.0}, ["a", "b"], [0.0, 5.0], META)
+    plan = _plan(["steered"], 1, 1, 1, [1, 2], {}, {1: 3.0}, ["a", "b"], [0.0, 5.0], META)
     assert {t.latent for t in plan} == {1}
     assert sorted(t.condition for t in plan) == ["steered", "sweep:0", "sweep:1"]
     assert sorted(t.boost for t in plan) == [0.0, 3.0, 5.0]
@@ -98,8 +96,7 @@ def test_unknown_conditions_are_rejected():
 
 
 def test_groups_share_one_vector_and_respect_the_size():
-    s = ExperimentSettings(prompts_per_latent=3, conditions=["steered", "baseline"])
-    plan = plan_trials(s, 5, [0, 1], {}, {0: 1.0, 1: 2.0}, ["a", "b", "c"], [], META)
+    plan = _plan(["steered", "baseline"], 3, 1, 5, [0, 1], {}, {0: 1.0, 1: 2.0}, ["a", "b", "c"], [], META)
     groups = list(_groups(plan, 2))
     assert sum(len(g) for g in groups) == len(plan)
     for g in groups:
@@ -108,7 +105,7 @@ def test_groups_share_one_vector_and_respect_the_size():
 
 # ---------------------------------------------------------------------------------------------- end to end
 
-FAST = ["--max-tokens", "40", "--n-ctx", "1024", "--boost", "2"]
+FAST = ["--max-tokens", "40", "--n-ctx", "1024", "--boost", "2", "--judge", "local", "--skip-judge-check"]
 
 
 def _run(args, db):
@@ -175,7 +172,7 @@ def test_metrics_command_reads_the_run(e2e):
 def test_replay_with_meta_prompt_reuses_latents_prompts_and_seeds(e2e):
     db, out = e2e
     src = out["summary"]["run_id"]
-    _run(["--replay", src, "--meta-prompt", "self_monitor", "--max-tokens", "24"], db)
+    _run(["--replay", src, "--meta-prompt", "self_monitor", "--judge", "local", "--skip-judge-check"], db)
     runs = _rows(db, "SELECT id, source_run_id FROM runs WHERE source_run_id = ?", (src,))
     assert len(runs) == 1
     new = runs[0]["id"]
@@ -192,7 +189,8 @@ def test_sigkill_mid_run_resumes_with_no_duplicate_and_no_missing_trial(tmp_path
     db = tmp_path / "kill.db"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "esr_local", "run", "--db", str(db), "--latent", "1", "--latent", "2", "--latent", "3",
-           "--n-prompts", "2", "--seed", "9", "--max-tokens", "32", "--n-ctx", "1024", "--boost", "2"]
+           "--n-prompts", "2", "--seed", "9", "--max-tokens", "32", "--n-ctx", "1024", "--boost", "2", "--judge", "local",
+           "--skip-judge-check"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     n = 0
@@ -234,7 +232,8 @@ def test_sigkill_mid_run_resumes_with_no_duplicate_and_no_missing_trial(tmp_path
 def test_ctrl_c_marks_the_run_cancelled_and_keeps_finished_trials(tmp_path):
     db = tmp_path / "int.db"
     cmd = [sys.executable, "-m", "esr_local", "run", "--db", str(db), "--latent", "4", "--latent", "6", "--n-prompts", "3",
-           "--seed", "2", "--max-tokens", "24", "--n-ctx", "1024", "--boost", "2", "--parallel", "1"]
+           "--seed", "2", "--max-tokens", "24", "--n-ctx", "1024", "--boost", "2", "--parallel", "1", "--judge", "local",
+           "--skip-judge-check"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline, n = time.time() + 240, 0
     while time.time() < deadline and proc.poll() is None:
@@ -261,7 +260,8 @@ def test_ctrl_c_marks_the_run_cancelled_and_keeps_finished_trials(tmp_path):
 
 def test_calibration_runs_bisection_and_is_cached(tmp_path):
     db = tmp_path / "cal.db"
-    args = ["calibrate", "--db", str(db), "--latent", "2", "--steps", "2", "--max-tokens", "24", "--n-ctx", "1024", "--seed", "3", "--json"]
+    args = ["calibrate", "--db", str(db), "--latent", "2", "--steps", "2", "--max-tokens", "24", "--n-ctx", "1024", "--seed", "3", "--json",
+            "--judge", "local", "--skip-judge-check"]
     r1 = CliRunner().invoke(main, args, catch_exceptions=False)
     assert r1.exit_code == 0, r1.output
     first = json.loads(r1.stdout[r1.stdout.index("{"):])
@@ -292,13 +292,14 @@ def test_replay_and_resume_refuse_runs_they_cannot_continue(tmp_path):
 
 
 def test_a_condition_named_twice_runs_once(tmp_path):
-    from esr_local.experiment import ExperimentRunner
+    from esr_local.runs import RunOptions, create_run
     from esr_local.store import Store
 
     store = Store(tmp_path / "d.db")
-    run_id = ExperimentRunner(store).create(ExperimentSettings(latents=[1], boost=1.0, conditions=[
+    run_id, judge = create_run(store, RunOptions(latents=[1], boost=1.0, judge="local", skip_judge_check=True, conditions=[
         "steered", "steered", "meta:self_monitor", "meta:self_monitor"]))
-    stored = json.loads(store.get_run(run_id)["settings_json"])
+    judge.close()
+    stored = json.loads(store.get_run(run_id)["spec_json"])
     assert stored["conditions"] == ["steered", "meta:self_monitor"]
-    assert stored["sampling"]["temperature"] == 0.6 and stored["calibration"]["target"] == 0.3
+    assert stored["sampling"]["temperature"] == 0.6 and stored["calibration"] is None  # a fixed boost: no calibration
     assert len(stored["prompts"]) >= 38
