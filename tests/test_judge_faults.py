@@ -95,6 +95,19 @@ class FaultyServer:
             def fault_scoretype(self, _):
                 self._send(200, _chat(WRONG_SCORE_TYPE))
 
+            def fault_trickle(self, _):  # headers at once, then one byte every 0.2 s
+                body = _chat(GOOD)
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                try:
+                    for i in range(len(body)):
+                        self.wfile.write(body[i : i + 1])
+                        self.wfile.flush()
+                        time.sleep(0.2)
+                except OSError:
+                    pass
+
             def fault_aok(self, _):  # an Anthropic Messages reply
                 self._send(200, json.dumps({"type": "message", "content": [{"type": "text", "text": GOOD}]}).encode())
 
@@ -213,6 +226,14 @@ def test_a_hung_judge_costs_at_most_its_time_budget():
     assert "timed out" in result.errors[0] or "cannot reach" in result.errors[0]
     assert result.errors[-1] == "time budget of 1 s spent; no further try"
     assert result.latency_ms < 2500  # the budget (1 s) plus scheduling slack, far below the 4 s hang
+
+
+def test_a_trickling_reply_cannot_stretch_the_budget():
+    with FaultyServer(["trickle"]) as server:
+        result = _judge(server.url, timeout=1.0).judge("p", "r", "l")
+    assert result.parse_status == "error" and result.tries == 1
+    assert "still arriving when the time budget ran out" in result.errors[0]
+    assert result.latency_ms < 2500  # the whole body would take ~20 s
 
 
 def test_connection_refused_is_retried_and_recorded():

@@ -93,7 +93,7 @@ def _read_until(reply: Any, deadline: float, url: str) -> bytes:
     while True:
         if time.monotonic() > deadline:
             raise RetryableError(f"reply from {_origin(url)} still arriving when the time budget ran out")
-        chunk = reply.read(1 << 16)
+        chunk = reply.read1(1 << 16)  # one socket read at most, so the deadline is checked between them
         if not chunk:
             break
         chunks.append(chunk)
