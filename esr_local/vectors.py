@@ -104,10 +104,9 @@ def write_gguf(cv: ControlVector, path: str | Path) -> Path:
     for layer, vec in cv.directions.items():
         if not np.all(np.isfinite(np.asarray(vec, dtype=np.float32))):
             raise UserInputError(f"direction {layer} holds NaN or infinite values; llama.cpp cannot steer with it")
-    path = Path(path).expanduser()
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:  # the path as given: an empty name is refused, not read as "."
         _write_gguf_file(cv, tmp)
-    return path
+    return Path(path).expanduser()
 
 
 def _write_gguf_file(cv: ControlVector, path: Path) -> None:
