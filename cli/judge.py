@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from .judge_check import check_command
 from .judge_grade import agree_command, grade_command
 
 
@@ -18,10 +19,12 @@ class JudgeGroup(click.Group):
 
 @click.group(name="judge", cls=JudgeGroup)
 def judge_group() -> None:
-    """Grade runs with a judge and compare judges: `judge RUN --judge SPEC`, `judge agree RUN --judge A --judge B`."""
+    """Measure, use and compare judges: `judge check [--judge SPEC]`, `judge RUN --judge SPEC`,
+    `judge agree RUN --judge A --judge B`."""
 
 
 judge_group.add_command(grade_command)
 judge_group.add_command(agree_command)
+judge_group.add_command(check_command)
 
 commands = [judge_group]

@@ -90,6 +90,10 @@ def make_judge(
         rubric=resolve_rubric(rubric),
         timeout=timeout,
     )
+    if backend == "offline":
+        from .offline import OfflineJudge
+
+        return OfflineJudge(model_path or rest or None, n_threads=n_threads, **common)
     if backend == "local":
         if json_mode not in (None, "gbnf"):
             raise UserInputError("the local judge is always grammar-constrained; drop json_mode")
