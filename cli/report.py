@@ -15,9 +15,13 @@ from .options import db_option, json_option, open_store
 @click.option("--output", "-o", "output", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for index.html and report.json (created if missing; files in it are replaced).")
 @click.option("--title", default=None, help="Page title (default: the run ids).")
+@click.option("--judge", "judge", default=None,
+              help="Count this judge's judgments (as for `esr-local metrics --judge`); default: each run's own judge.")
+@click.option("--exclude-flagged", is_flag=True, help="Leave out latents flagged by calibration (as `metrics --exclude-flagged`).")
 @db_option
 @json_option
-def report_command(runs: tuple[str, ...], output: Path, title: str | None, db: Path | None, json_: bool) -> None:
+def report_command(runs: tuple[str, ...], output: Path, title: str | None, judge: str | None, exclude_flagged: bool,
+                   db: Path | None, json_: bool) -> None:
     """Write an HTML report of RUN... (ids or unique prefixes) to a folder: rates with error bars, score
     distributions, boost sweeps, meta-prompt comparisons, calibration curves, example trials, settings and
     provenance, flagged latents and failures. Runs of one model are pooled. Works offline; open
@@ -25,7 +29,7 @@ def report_command(runs: tuple[str, ...], output: Path, title: str | None, db: P
     from esr_local.report import build_report
 
     with open_store(db, create=False) as store:
-        summary = build_report(store, list(runs), output, title=title)
+        summary = build_report(store, list(runs), output, title=title, judge=judge, exclude_flagged=exclude_flagged)
     if json_:
         click.echo(json.dumps(summary, indent=2))
     else:

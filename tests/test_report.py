@@ -198,3 +198,27 @@ def test_report_of_a_real_run(tmp_path):
     counted = sum(m["n"] for m in numbers["per_run"])
     assert page.count('class="trial"') == min(6, counted)  # example trials are the counted ones
     assert '<figure id="fig-rates"><svg' in page
+
+
+def test_judge_and_exclude_flagged_mean_what_they_mean_for_metrics(imported, tmp_path):
+    db, ids = imported
+    run = ids["steered"]
+    _add_calibration(db, run)  # flags latent 1
+    with Store(db) as store:
+        (first_key,) = [k["judge_key"] for k in store.judge_keys(run)]
+        with store.transaction():  # an imported run names no judge; make the importer's its own
+            store.db.execute("UPDATE runs SET judge_key = ? WHERE id = ?", (first_key, run))
+        for trial in store.trials(run):  # a second judge that never splits
+            store.record_judgment(trial["id"], {"judge_key": "second:judge", "parse_status": "ok"},
+                                  [{"text": trial["response"], "score": 50.0}])
+    for extra in (["--exclude-flagged"], ["--judge", "second:judge"]):
+        out = tmp_path / "-".join(extra).strip("-")
+        assert _cli("report", run, "--db", str(db), "-o", str(out), *extra)[0] == 0
+        numbers = json.loads((out / "report.json").read_text())
+        assert numbers["per_run"] == json.loads(_cli("metrics", run, "--db", str(db), "--json", *extra)[1])
+        pooled = numbers["models"][0]["metrics"][0]
+        if extra == ["--exclude-flagged"]:  # latent 2 only: both trials multi-attempt, one improved
+            assert (pooled["n"], pooled["multi_attempt_count"], pooled["improved_count"]) == (2, 2, 1)
+            assert "latent 1 (" not in (out / "index.html").read_text().split('id="examples"')[1]
+        else:  # the second judge's single attempts: nothing multi-attempt
+            assert (pooled["n"], pooled["multi_attempt_count"], pooled["mean_first_score"]) == (4, 0, 50.0)

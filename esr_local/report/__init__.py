@@ -34,14 +34,16 @@ def draw_figures(data: ReportData) -> dict[str, str | None]:
     return figures
 
 
-def build_report(store: Store, run_ids: list[str], out_dir: str | Path, *, title: str | None = None) -> dict[str, Any]:
+def build_report(store: Store, run_ids: list[str], out_dir: str | Path, *, title: str | None = None,
+                 judge: str | None = None, exclude_flagged: bool = False) -> dict[str, Any]:
     """Write the report of `run_ids` (ids or unique prefixes; runs of one model are pooled) to `out_dir`.
+    `judge` and `exclude_flagged` are those of `esr-local metrics`.
 
     Returns a summary: the files written, the runs, and the number of figures drawn. The same database
     and arguments give byte-identical files.
     """
     require_matplotlib()
-    data = load_report_data(store, list(run_ids))
+    data = load_report_data(store, list(run_ids), judge=judge, exclude_flagged=exclude_flagged)
     figures = draw_figures(data)
     title = title or ("esr-local report: " + ", ".join(r.id for r in data.runs))
     out = Path(out_dir).expanduser()

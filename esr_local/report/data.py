@@ -95,21 +95,29 @@ def _calibrations(store: Store, ids: list[int]) -> dict[int, dict[str, Any]]:
     return {int(row["id"]): row for row in rows}
 
 
-def load_run(store: Store, run_id: str) -> RunData:
-    """Read one run (id or unique prefix) with everything the report shows."""
+def load_run(store: Store, run_id: str, *, judge: str | None = None, exclude_flagged: bool = False) -> RunData:
+    """Read one run (id or unique prefix) with everything the report shows. `judge` and `exclude_flagged`
+    mean what they mean for `esr-local metrics` (whose judgments count; leave out flagged latents), and the
+    trials shown carry that judge's judgments."""
     run = store.get_run(run_id)
     # display_status tells an interrupted run (no live process) from a running one.
     listed = {row["id"]: row for row in store.list_runs()}
     run["display_status"] = listed.get(run["id"], {}).get("display_status", run.get("status"))
     latents = store.latents(run["id"])
+    metrics = metrics_for_store(store, [run["id"]], judge=judge, exclude_flagged=exclude_flagged)
+    judge_key = metrics[0].get("judge_key") if metrics else store.run_judge_key(run["id"])
+    trials = store.trials(run["id"], judge_key=judge_key)
+    if exclude_flagged:
+        flagged = {l["latent"] for l in latents if l.get("flags")}
+        trials = [t for t in trials if t["latent"] not in flagged]
     cal_ids = sorted({int(l["calibration_id"]) for l in latents if l.get("calibration_id") is not None})
     return RunData(
         run=run,
         sessions=store.sessions(run["id"]),
         latents=latents,
-        trials=store.trials(run["id"]),
+        trials=trials,
         calibrations=_calibrations(store, cal_ids),
-        metrics=metrics_for_store(store, [run["id"]]),
+        metrics=metrics,
         judges=store.judge_keys(run["id"]),
     )
 
@@ -125,13 +133,14 @@ def pooled_metrics(runs: list[RunData]) -> list[dict[str, Any]]:
     return [{"condition": c, **compute_metrics(by_condition[c])} for c in sorted(by_condition, key=condition_sort_key)]
 
 
-def load_report_data(store: Store, run_ids: list[str]) -> ReportData:
+def load_report_data(store: Store, run_ids: list[str], *, judge: str | None = None,
+                     exclude_flagged: bool = False) -> ReportData:
     """The report's data for the given runs (ids or unique prefixes; duplicates are dropped)."""
     if not run_ids:
         raise UserInputError("name at least one run (see `esr-local runs`)")
     seen: dict[str, RunData] = {}
     for run_id in run_ids:
-        data = load_run(store, run_id)
+        data = load_run(store, run_id, judge=judge, exclude_flagged=exclude_flagged)
         seen.setdefault(data.id, data)
     runs = [seen[k] for k in sorted(seen)]
     groups: dict[str, ModelGroup] = {}
