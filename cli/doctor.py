@@ -34,6 +34,8 @@ def format_report(d: dict[str, Any]) -> str:
         sae = m.get("sae")
         if sae:
             state = f"available {sae.get('path')}" if sae["available"] else sae.get("error") or "not cached"
+            if sae.get("labels"):
+                state += f"; labels {', '.join(sae['labels'])}"
             lines.append(f"    SAE {sae['source']}: {state}")
     for key, title in (("labels", "labels"), ("paper_assets", "paper assets")):
         files = d[key]

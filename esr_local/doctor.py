@@ -131,9 +131,13 @@ def _sae_status(source: str) -> dict[str, Any]:
         return {"source": source, "available": False, "error": str(exc)}
     if src.kind == "local":
         path = src.local_path
-        return {"source": source, "available": bool(path and path.exists()), "path": str(path)}
-    cached = _cached_in_hub(src.repo_id, src.path_in_repo, src.revision)
-    return {"source": source, "available": cached is not None, "path": None if cached is None else str(cached)}
+        found = path if path is not None and path.exists() else None
+    else:
+        found = _cached_in_hub(src.repo_id, src.path_in_repo, src.revision)
+    folder = found if found is not None and found.is_dir() else found.parent if found is not None else None
+    labels = sorted(str(p) for p in folder.glob("labels.csv")) if folder is not None else []
+    return {"source": source, "available": found is not None, "path": None if found is None else str(found),
+            "labels": labels}
 
 
 def cached_files(folder: Path) -> list[dict[str, Any]]:

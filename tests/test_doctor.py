@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import llama_cpp
 from click.testing import CliRunner
@@ -48,7 +49,9 @@ def test_models_found_in_pypi_packages_and_a_hub_cache(tmp_path, monkeypatch):
     gemma = models["gemma-2-2b-it"]
     assert gemma["available"] and gemma["path"] == {"Q8_0": str(snap / "gemma-2-2b-it-Q8_0.gguf")}
     assert gemma["sae"] == {"source": "hf://google/gemma-scope-2b-pt-res/layer_16/width_16k/average_l0_78",
-                            "available": True, "path": str(sae)}
+                            "available": True, "path": str(sae), "labels": []}
+    shipped = models["smollm2-135m-instruct"]["sae"]
+    assert [Path(p).name for p in shipped["labels"]] == ["labels.csv"]  # the dictionary's labels beside it
     assert not models["gemma-2-9b-it"]["available"] and "hf://bartowski/gemma-2-9b-it-GGUF" in models["gemma-2-9b-it"]["missing"]
 
 
