@@ -167,7 +167,8 @@ def find_restarts(response: str) -> list[Restart]:
     found.sort(key=lambda r: (r.start, -r.end))
     merged: list[Restart] = []
     for r in found:
-        if merged and r.start <= merged[-1].end:
+        # Overlapping, or separated by punctuation only ("Oops, my mistake"): one restart.
+        if merged and (r.start <= merged[-1].end or not any(ch.isalnum() for ch in text[merged[-1].end:r.start])):
             last = merged[-1]
             if r.end > last.end:
                 merged[-1] = Restart(last.start, r.end, text[last.start:r.end])
