@@ -222,3 +222,15 @@ def test_judge_and_exclude_flagged_mean_what_they_mean_for_metrics(imported, tmp
             assert "latent 1 (" not in (out / "index.html").read_text().split('id="examples"')[1]
         else:  # the second judge's single attempts: nothing multi-attempt
             assert (pooled["n"], pooled["multi_attempt_count"], pooled["mean_first_score"]) == (4, 0, 50.0)
+
+
+def test_attempts_are_marked_in_the_full_response():
+    from esr_local.report.html import marked_response
+
+    trial = {"response": "Bake it <hot>. Wait, no: start over. Mix flour.",
+             "attempts": [{"text": "Bake it <hot>.", "score": 10.0}, {"text": "paraphrased", "score": 20.0},
+                          {"text": "Mix flour.", "score": 80.0}]}
+    assert marked_response(trial) == (
+        '<mark class="a0" title="attempt 1, score 10"><sup>[1: 10]</sup>Bake it &lt;hot&gt;.</mark>'
+        " Wait, no: start over. "
+        '<mark class="a1" title="attempt 3, score 80"><sup>[3: 80]</sup>Mix flour.</mark>')

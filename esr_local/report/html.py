@@ -21,7 +21,8 @@ figure{margin:.8rem 0}figure svg{max-width:100%;height:auto}figcaption{font-size
 .attempt.later{border-left-color:#d07a2b;background:#fdf8f3}.score{font-weight:600;font-size:.8rem;color:#333}
 .trial{border:1px solid #e2e2e2;border-radius:4px;padding:.5rem .8rem;margin:.8rem 0}
 .meta{font-size:.8rem;color:#555}pre{white-space:pre-wrap;font-size:.75rem;background:#f6f6f6;padding:.5rem}
-.none{color:#777;font-style:italic}
+.none{color:#777;font-style:italic}mark.a0{background:#dde7f5}mark.a1{background:#f8e3cc}
+sup{font-size:.65rem;color:#444;margin-right:.2rem}
 """
 
 _METRIC_HEADERS = (
@@ -95,8 +96,28 @@ def _trial_block(example: dict[str, Any]) -> str:
         score = "no score" if attempt.get("score") is None else f"score {attempt['score']:g}"
         parts.append(f'<div class="attempt{" later" if i else ""}"><span class="score">attempt {i + 1} · {score}'
                      f"</span>\n{esc(attempt.get('text'))}</div>")
-    parts.append(f"<details><summary>full response</summary><pre>{esc(trial.get('response'))}</pre></details></div>")
+    parts.append(f"<details><summary>full response, attempts marked</summary><pre>{marked_response(trial)}</pre>"
+                 "</details></div>")
     return "".join(parts)
+
+
+def marked_response(trial: dict[str, Any]) -> str:
+    """The response as escaped HTML with each attempt's text (found in order) wrapped in <mark>, labelled with
+    its number and score; attempts the judge paraphrased (not found verbatim) stay unmarked."""
+    response = trial.get("response") or ""
+    out, pos = [], 0
+    for i, attempt in enumerate(trial["attempts"]):
+        text = (attempt.get("text") or "").strip()
+        at = response.find(text, pos) if text else -1
+        if at < 0:
+            continue
+        score = "no score" if attempt.get("score") is None else f"{attempt['score']:g}"
+        out.append(esc(response[pos:at]))
+        out.append(f'<mark class="a{min(i, 1)}" title="attempt {i + 1}, score {score}">'
+                   f'<sup>[{i + 1}: {score}]</sup>{esc(text)}</mark>')
+        pos = at + len(text)
+    out.append(esc(response[pos:]))
+    return "".join(out)
 
 
 def _provenance(run: RunData) -> str:
