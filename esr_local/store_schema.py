@@ -537,3 +537,13 @@ def m009_run_leases(db: Database) -> None:
         )
         """
     )
+
+
+@MIGRATIONS()
+def m011_report_indexes(db: Database) -> None:
+    """Indexes for the Datasette canned queries and the report (esr_local/data/datasette-metadata.json):
+    failed judgments and generations are found without scanning every row, and judgments by judge (judge
+    agreement, judge_metrics, re-grading) without scanning the table."""
+    db.execute("CREATE INDEX judgments_failed ON judgments(trial_id) WHERE parse_status <> 'ok'")
+    db.execute("CREATE INDEX judgments_judge_key ON judgments(judge_key)")
+    db.execute("CREATE INDEX trials_failed ON trials(run_id) WHERE error IS NOT NULL AND error <> ''")

@@ -79,3 +79,16 @@ def test_cli_prints_the_metadata_under_the_database_file_name(tmp_path):
                                                          "failures"}
     result = CliRunner().invoke(main, ["datasette-metadata", "--db", str(tmp_path / "missing.db")])
     assert result.exit_code == 1 and "no esr-local database" in result.stderr
+
+
+def test_the_failures_query_uses_the_report_indexes_instead_of_scanning(tmp_path):
+    db, _ = imported_store(tmp_path)
+    conn = sqlite3.connect(db)
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"judgments_failed", "judgments_judge_key", "trials_failed"} <= names
+    sql = shipped_metadata()["databases"]["esr"]["queries"]["failures"]["sql"]
+    plan = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, {"run_id": "x"})]
+    # trials and judgments are read through the partial indexes (failed rows only), never scanned whole
+    assert "SCAN t USING INDEX trials_failed" in plan and "SCAN j USING INDEX judgments_failed" in plan, plan
+    assert [s for s in plan if s.startswith(("SCAN t", "SCAN j"))] == [
+        "SCAN t USING INDEX trials_failed", "SCAN j USING INDEX judgments_failed"], plan
