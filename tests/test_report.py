@@ -152,7 +152,7 @@ def test_report_errors_are_one_line(imported, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     code, _, err = _cli("report", ids["meta"], "--db", str(db), "-o", str(blocker / "sub"))
-    assert code == 1 and err.startswith("Error: cannot create the report folder") and err.count("\n") == 1
+    assert code == 1 and err.startswith("Error: cannot write ") and "is a file, not a folder" in err and err.count("\n") == 1
     code, _, err = _cli("report", ids["meta"], "--db", str(db), "-o", str(blocker))
     assert code == 2 and "is a file" in err and err.count("\n") == 1
     code, _, err = _cli("report", ids["meta"], "--db", str(tmp_path / "none.db"), "-o", str(tmp_path / "r"))
