@@ -178,7 +178,7 @@ def test_report_of_a_real_run(tmp_path):
     """A real run (embedded SmolLM2, fixed boost, few tokens) through `run`, then its report."""
     db = tmp_path / "real.db"
     result = CliRunner().invoke(main, [
-        "run", "--db", str(db), "--latent", "1", "--boost", "3", "--n-prompts", "2", "--max-tokens", "12",
+        "run", "--db", str(db), "--latent", "1", "--boost", "3", "--n-prompts", "1", "--max-tokens", "12",
         "--condition", "steered", "--condition", "baseline", "--seed", "7", "--threads", "1", "--json"])
     assert result.exit_code == 0, result.output
     (run,) = json.loads(_cli("runs", "--db", str(db), "--json")[1])
@@ -192,7 +192,7 @@ def test_report_of_a_real_run(tmp_path):
     with Store(db, create=False) as store:
         run = store.get_run(run_id)
         trials = store.trials(run_id)
-    assert len(trials) == 4
+    assert len(trials) == 2  # one prompt, steered and baseline
     assert f"<td>{run['model_sha256']}</td>" in page  # provenance: the model file's hash
     assert all(t["judgment"] is not None and t["response"] for t in trials)
     counted = sum(m["n"] for m in numbers["per_run"])
