@@ -210,3 +210,19 @@ def test_execute_refuses_a_run_without_a_spec(tmp_path):
     run_id = store.create_run({"experiment": "esr"})
     with pytest.raises(UserInputError, match="did not store a run spec"):
         execute_run(store, run_id)
+
+
+def test_with_parallel_a_prompt_too_long_for_the_context_fails_alone(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Name a yellow fruit.\n" + "Explain this: " + "ocean waves and tides " * 200 + "\n")
+    db = tmp_path / "ctx.db"
+    with JudgeServer() as js:
+        r = _cli(["run", "--latent", "1", "--n-prompts", "2", "--prompts", str(prompts), "--parallel", "2", *TINY,
+                  *js.judge_args()], db)
+    assert r.exit_code == 0, r.output
+    trials = {t["prompt_index"]: t for t in _rows(db, "SELECT * FROM trials")}
+    assert trials[0]["error"] is None and trials[0]["response"] and trials[0]["completion_tokens"] > 0
+    assert trials[1]["response"] is None and "exceeds the context of 512 tokens" in trials[1]["error"]
+    (run,) = _rows(db, "SELECT status, summary_json FROM runs")
+    assert run["status"] == "partial" and json.loads(run["summary_json"])["failed_generations"] == 1
+    assert "PARTIAL: 1 failed generation(s) of 2 trials" in r.stdout
