@@ -3,10 +3,9 @@
 The offline judge asks a small model one question many times: how likely are these tokens as the
 assistant's reply to this user turn, and to that one? `ContinuationScorer` loads a GGUF once through
 the engine's `SteeredModel` (chat template, tokenizer, batch decoding) and never sets a control
-vector, so it is never steered. Each context lives in its own llama.cpp sequence and stays in the KV
-cache between calls: only the part of a context that changed is decoded again (the chat template's
-system block is shared by every context), then the continuation is decoded under every context in
-one batch and the logits of each continuation token are read.
+vector, so it is never steered. Each context is one llama.cpp sequence: context + continuation are
+decoded for every context in one batch (from an empty KV cache, so the same input always gives the
+same floats) and the logits of each continuation token are read.
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ class ContinuationScorer:
                                                     n_threads=n_threads or default_threads(), chat_mode="auto")
         self.n_ctx = n_ctx
         self.n_contexts = n_contexts
-        self._cached: list[list[int]] = [[] for _ in range(n_contexts)]  # context tokens held by each sequence
         self._format_cache: dict[str, list[int]] = {}
 
     def close(self) -> None:
@@ -73,16 +71,13 @@ class ContinuationScorer:
             if len(ctx) + len(continuation) > self.n_ctx:
                 raise BackendError(f"context ({len(ctx)}) + continuation ({len(continuation)}) tokens exceed the "
                                    f"offline judge's n_ctx={self.n_ctx}")
-        memory = llama_cpp.llama_get_memory(lm._ctx)
+        # Always from an empty KV cache with the same batch layout: reusing cached context tokens would change
+        # how rows are batched, and llama.cpp's float results depend on that (scores must be bit-identical).
+        lm._clear_memory()
         rows: list[tuple[int, int, int, bool]] = []
         for seq, ctx in enumerate(contexts):
-            keep = _common_prefix(self._cached[seq], ctx)
-            if keep == len(ctx):
-                keep -= 1  # re-decode the last context token: its logits predict the first continuation token
-            llama_cpp.llama_memory_seq_rm(memory, seq, keep, -1)
-            self._cached[seq] = ctx[:keep]
             tokens = ctx + continuation
-            for pos in range(keep, len(tokens) - 1):
+            for pos in range(len(tokens) - 1):
                 rows.append((tokens[pos], pos, seq, pos >= len(ctx) - 1))
         out = [np.empty(len(continuation)) for _ in contexts]
         n_vocab = lm.n_vocab
@@ -98,19 +93,6 @@ class ContinuationScorer:
                         top = logits.max()
                         i = pos - (len(contexts[seq]) - 1)
                         out[seq][i] = logits[continuation[i]] - top - np.log(np.exp(logits - top).sum())
-        except BackendError:
+        finally:
             lm._clear_memory()
-            self._cached = [[] for _ in range(self.n_contexts)]
-            raise
-        for seq, ctx in enumerate(contexts):
-            self._cached[seq] = list(ctx)  # the continuation is removed at the next call
         return out
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n

@@ -87,7 +87,7 @@ class OfflineJudge(Judge):
         if not path.is_file():
             raise MissingResourceError(f"offline judge model not found: {path}; pass an existing .gguf file")
         rubric = kwargs.pop("rubric", None)
-        if rubric is not None and getattr(rubric, "id", rubric) not in (DEFAULT_RUBRIC.id, "default"):
+        if rubric is not None and rubric != "default" and rubric != DEFAULT_RUBRIC:
             raise UserInputError("the offline judge reads no rubric; drop --rubric, or pick an LLM judge "
                                  "(local, openai:MODEL, anthropic) to use one")
         kwargs.pop("temperature", None)
