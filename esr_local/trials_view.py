@@ -12,23 +12,27 @@ from .errors import UserInputError
 from .metrics import trial_outcome, trial_scores_from_row
 from .store import Store
 
-_JUDGMENT_FIELDS = ("judge_backend", "judge_model", "rubric_version", "parse_status", "error", "tries",
+_JUDGMENT_FIELDS = ("judge_key", "judge_backend", "judge_model", "rubric_version", "parse_status", "error", "tries",
                     "restart_gating", "n_attempts_raw")
 _TRIAL_FIELDS = ("id", "run_id", "condition", "latent", "prompt_index", "replicate", "boost", "seed", "base_prompt",
                  "prompt", "response", "completion_tokens", "stop_reason", "error")
 
 
 def trial_records(store: Store, run_id: str, *, condition: str | None = None, latent: int | None = None,
-                  multi_attempt: bool = False) -> list[dict[str, Any]]:
+                  multi_attempt: bool = False, judge: str | None = None) -> list[dict[str, Any]]:
     """The trials of one run (id or unique prefix) in (condition, latent, prompt, replicate) order, each a
     dict of its trial fields, `label`, `judgment`, `attempts` [{index, text, score}] and `outcome`
     (counted, n_scored_attempts, first_score, last_score, is_multi_attempt, is_improved).
 
     `condition` and `latent` filter (a value the run does not have is a UserInputError naming the ones it
-    has); `multi_attempt` keeps only trials the metrics count as multi-attempt.
+    has); `multi_attempt` keeps only trials the metrics count as multi-attempt. `judge` (a judge key, key
+    prefix or --judge spec, as for `esr-local metrics --judge`) shows that judge's judgments instead of the
+    run's own judge's.
     """
+    from .runs.judging import resolve_judge_key
+
     run = store.get_run(run_id)
-    trials = store.trials(run["id"])
+    trials = store.trials(run["id"], judge_key=resolve_judge_key(store, run["id"], judge))
     latents = {row["latent"]: row for row in store.latents(run["id"])}
     if condition is not None:
         known = sorted({t["condition"] for t in trials})

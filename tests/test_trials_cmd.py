@@ -65,3 +65,22 @@ def test_bad_filters_are_one_error_line_naming_what_exists(tmp_path):
     assert r.exit_code == 2
     r = _cli("trials", ids["meta"], "--db", str(db), "--multi-attempt", "--latent", "2")
     assert r.exit_code == 0 and r.stdout == "" and r.stderr == "No trials match.\n"
+
+
+def test_judge_picks_whose_attempts_are_shown(tmp_path):
+    from esr_local.store import Store
+
+    db, ids = imported_store(tmp_path)
+    run = ids["steered2"]
+    with Store(db) as store:
+        (first_key,) = [k["judge_key"] for k in store.judge_keys(run)]
+        with store.transaction():  # an imported run names no judge; make the importer's its own
+            store.db.execute("UPDATE runs SET judge_key = ? WHERE id = ?", (first_key, run))
+        store.record_judgment(f"{run}:steered:1:0:0", {"judge_key": "second:judge", "parse_status": "ok"},
+                              [{"text": "all of it", "score": 70.0}])
+    own = json.loads(_cli("trials", run, "--db", str(db), "--json").stdout)
+    assert [a["score"] for a in own[0]["attempts"]] == [10.0, 20.0] and own[0]["judgment"]["judge_key"] == first_key
+    other = json.loads(_cli("trials", run, "--db", str(db), "--json", "--judge", "second:judge").stdout)
+    assert [a["score"] for a in other[0]["attempts"]] == [70.0] and other[1]["judgment"] is None
+    r = _cli("trials", run, "--db", str(db), "--judge", "nobody")
+    assert r.exit_code == 1 and "has no judgments by 'nobody'" in r.stderr
