@@ -16,7 +16,7 @@ from runs_judge_server import JudgeServer
 from esr_local.metrics import metrics_for_store
 from esr_local.store import Store
 
-ARGS = ["--latent", "1", "--latent", "4", "--n-prompts", "3", "--condition", "steered", "--condition", "baseline",
+ARGS = ["--latent", "1", "--latent", "4", "--latent", "6", "--n-prompts", "4", "--condition", "steered", "--condition", "baseline",
         "--max-tokens", "10", "--n-ctx", "512", "--boost", "2", "--seed", "11"]
 
 
@@ -51,6 +51,13 @@ def _run_id(db) -> str | None:
     return rows[0][0] if rows else None
 
 
+def _n_trials(db) -> int:
+    try:
+        return sqlite3.connect(db).execute("SELECT COUNT(*) FROM trials").fetchone()[0] if db.exists() else 0
+    except sqlite3.OperationalError:
+        return 0
+
+
 def test_twenty_kill9_and_resumes_equal_one_uninterrupted_run(tmp_path):
     env = {**os.environ, "ESR_LOCAL_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     rng = random.Random(2024)
@@ -60,22 +67,31 @@ def test_twenty_kill9_and_resumes_equal_one_uninterrupted_run(tmp_path):
         t0 = time.monotonic()
         subprocess.run([*base, "--db", str(ref_db), *ARGS, *js.judge_args()], env=env, check=True, capture_output=True)
         full = time.monotonic() - t0
-        kills = 0
+        kills, counts = 0, []
         while kills < 20:
             run_id = _run_id(db)
             cmd = [*base, "--db", str(db), "--resume", run_id] if run_id else [*base, "--db", str(db), *ARGS, *js.judge_args()]
-            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            time.sleep(rng.uniform(0.05, full * 0.6))
+            before = _n_trials(db)
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if kills % 2 == 0:  # anywhere: start-up, creation, the lease, a decode, a commit
+                time.sleep(rng.uniform(0.05, min(full, 4.0)))
+            else:  # just after a batch was written, or in the middle of the next one
+                deadline = time.monotonic() + full
+                while proc.poll() is None and _n_trials(db) <= before and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                time.sleep(rng.uniform(0.0, 0.3))
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
             kills += 1
+            counts.append(_n_trials(db))
         run_id = _run_id(db)
         assert run_id is not None
         done = subprocess.run([*base, "--db", str(db), "--resume", run_id], env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
+    assert sum(0 < n < 24 for n in counts) >= 5, counts  # many kills landed in the middle of the run
     got, want = _snapshot(db), _snapshot(ref_db)
-    assert len(want["trials"]) == 12 and want["status"] == [("success",)]
+    assert len(want["trials"]) == 24 and want["status"] == [("success",)]
     for part in ("trials", "judgments", "attempts", "latents", "metrics", "status"):
         assert got[part] == want[part], part
     assert len(sqlite3.connect(db).execute("SELECT * FROM run_sessions").fetchall()) >= 2
