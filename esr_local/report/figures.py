@@ -21,6 +21,7 @@ _RC = {
     "axes.spines.top": False,
     "axes.spines.right": False,
 }
+MAX_CALIBRATION_PANELS = 24  # the first 24 calibrated latents (by index) of a run; the table lists them all
 _COLORS = ("#3b6ea8", "#d07a2b", "#4f9a55", "#b34a4a", "#7a5fa8", "#8c6d46", "#c25d9b", "#6b6b6b")
 
 
@@ -175,11 +176,11 @@ def comparison_figure(groups: list[ModelGroup], family: str) -> Any:
 
 @_styled
 def calibration_figure(latents: list[dict[str, Any]], calibrations: dict[int, dict[str, Any]]) -> Any:
-    """One panel per calibrated latent: the boost tried at each bisection step (marker colour = the score it
-    gave, 0-100), the calibrated boost as a dashed line."""
+    """One panel per calibrated latent (the first MAX_CALIBRATION_PANELS): the boost tried at each bisection
+    step (marker colour = the score it gave, 0-100), the calibrated boost as a dashed line."""
     panels = [(l, calibrations[int(l["calibration_id"])]) for l in latents
               if l.get("calibration_id") is not None and int(l["calibration_id"]) in calibrations]
-    panels = [(l, c) for l, c in panels if c.get("steps")]
+    panels = [(l, c) for l, c in panels if c.get("steps")][:MAX_CALIBRATION_PANELS]
     if not panels:
         return None
     cols = min(4, len(panels))

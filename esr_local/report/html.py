@@ -8,6 +8,7 @@ from typing import Any
 
 from ..metrics import METRIC_KEYS
 from .data import ReportData, RunData, example_trials, failures, flagged_latents, paired_comparisons
+from .figures import MAX_CALIBRATION_PANELS
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1100px;padding:1rem 1.5rem;
@@ -184,7 +185,7 @@ def render_page(data: ReportData, figures: dict[str, str | None], *, title: str,
     parts.append('<h2 id="calibration">Calibration</h2>')
     for run in data.runs:
         parts.append(figure(figures.get(f"calibration:{run.id}"), f"fig-calibration-{run.id}",
-                            f"Bisection steps per latent, run {run.id}"))
+                            f"Bisection steps per latent (up to {MAX_CALIBRATION_PANELS}), run {run.id}"))
         parts.append(_table(_latent_rows(run), ["latent", "label", "boost", "boost_source", "row_norm",
                                                  "achieved_score", "steps", "flags", "error"], f"latents-{run.id}"))
     parts.append('<h2 id="flags">Flagged latents and failures</h2>')
