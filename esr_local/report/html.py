@@ -142,6 +142,7 @@ def _latent_rows(run: RunData) -> list[dict[str, Any]]:
         cal = run.calibrations.get(int(latent["calibration_id"])) if latent.get("calibration_id") is not None else None
         achieved = latent.get("achieved_score", cal.get("achieved_score") if cal else None)
         rows.append({**latent, "boost": _num(latent.get("boost"), decimals=4),
+                     "row_norm": _num(latent.get("row_norm"), decimals=3) if latent.get("row_norm") is not None else None,
                      "achieved_score": _num(achieved, decimals=3) if achieved is not None else None,
                      "steps": None if cal is None else len(cal.get("steps") or [])})
     return rows
