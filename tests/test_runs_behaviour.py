@@ -107,6 +107,10 @@ def test_a_user_sae_steers_at_its_own_layer_unless_layer_is_given(tmp_path):
     judge.close()
     spec = json.loads(store.get_run(run_id)["spec_json"])
     assert spec["steering_layer"] == own and spec["sae"]["feature_layer"] == own
+    assert spec["judge"]["check"]["status"] == "skipped"  # --skip-judge-check is recorded on the run
+    assert spec["judge"]["key"] == store.get_run(run_id)["judge_key"] and spec["judge"]["description"]["backend"] == "local"
+    assert len(spec["model"]["sha256"]) == 64 and (spec["model"]["n_layer"], spec["model"]["n_embd"]) == (30, 576)
+    assert len(spec["sae"]["rows_sha256"]) == 64 and spec["labels"]["0"] == sae.label(0)
     assert {f["path"].rsplit("/", 1)[-1] for f in spec["sae"]["files"]} == {p.name for p in folder.iterdir() if p.is_file()}
     other = 7 if own != 7 else 8
     run_id, judge = create_run(store, RunOptions(sae=str(folder), layer=other, **opts))

@@ -119,12 +119,16 @@ def build_judge(ref_or_opts, *, n_threads: int | None = None):
     return make_judge(spec, model_path=path, base_url=url, restart_gating=gating, n_threads=n_threads, **extra)
 
 
-def _latents(opts: RunOptions, sae, store, seed: int) -> tuple[list[int], dict]:
+def _latents(opts: RunOptions, sae, store, seed: int) -> tuple[list[int], dict, dict[int, str]]:
+    """The run's latents, where they came from, and labels a latent set brings (else the SAE's labels)."""
+    set_labels: dict[int, str] = {}
     if opts.latent_set:
         from ..latent_sets import load_latent_set
 
         ls = load_latent_set(store, opts.latent_set)
         ids, source = [int(x) for x in ls.latents], {"kind": "set", "id": ls.id, "name": ls.name}
+        raw = getattr(ls, "labels", None) or {}
+        set_labels = {int(k): str(v) for k, v in (raw.items() if isinstance(raw, dict) else zip(ids, raw)) if v}
     elif opts.latents:
         ids, source = [int(x) for x in opts.latents], {"kind": "given"}
     elif opts.n_latents:
@@ -137,7 +141,7 @@ def _latents(opts: RunOptions, sae, store, seed: int) -> tuple[list[int], dict]:
     for i in ids:
         if not 0 <= i < sae.d_sae:
             raise UserInputError(f"latent {i} is out of range: this SAE has latents 0 to {sae.d_sae - 1}")
-    return list(dict.fromkeys(ids)), source
+    return list(dict.fromkeys(ids)), source, set_labels
 
 
 def _pick(*values):
@@ -244,9 +248,9 @@ def _new_spec(store, opts: RunOptions, conditions: list[str], meta: dict, seed: 
     sae = open_sae(_abs(opts.sae), entry, _abs(opts.labels))
     check_sae_fits(sae, n_embd, resolved.name)
     layer = choose_layer(opts.layer, entry, sae, n_layer, user_sae=opts.sae is not None)
-    latents, latent_source = _latents(opts, sae, store, seed)
+    latents, latent_source, set_labels = _latents(opts, sae, store, seed)
     rows = {i: sae.decoder_row(i) for i in latents}
-    labels = {str(i): sae.label(i) or f"latent {i}" for i in latents}
+    labels = {str(i): set_labels.get(i) or sae.label(i) or f"latent {i}" for i in latents}
     prompt_set = load_prompts(_abs(opts.prompts_file))
     if opts.prompts_per_latent > len(prompt_set.prompts):
         raise UserInputError(f"--n-prompts {opts.prompts_per_latent} exceeds the {len(prompt_set.prompts)} prompts "
