@@ -547,3 +547,31 @@ def m011_report_indexes(db: Database) -> None:
     db.execute("CREATE INDEX judgments_failed ON judgments(trial_id) WHERE parse_status <> 'ok'")
     db.execute("CREATE INDEX judgments_judge_key ON judgments(judge_key)")
     db.execute("CREATE INDEX trials_failed ON trials(run_id) WHERE error IS NOT NULL AND error <> ''")
+
+
+@MIGRATIONS()
+def m010_latent_sets(db: Database) -> None:
+    """Named sets of latents chosen by `esr-local latents select` (paper §1.3), with every filter's numbers:
+    the candidates drawn, their labels, concreteness ratings and relevance maxima, and the settings
+    (seed, thresholds, judge, prompt set) they were chosen with."""
+    db.execute(
+        """
+        CREATE TABLE latent_sets (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            created_utc TEXT NOT NULL,
+            model_name TEXT,
+            sae_source TEXT NOT NULL,
+            sae_family TEXT,
+            d_sae INTEGER NOT NULL,
+            feature_layer INTEGER,
+            n_requested INTEGER NOT NULL,
+            seed INTEGER NOT NULL,
+            latents_json TEXT NOT NULL,        -- chosen latents, in order
+            labels_json TEXT NOT NULL,         -- {latent: label} of the chosen latents
+            funnel_json TEXT NOT NULL,         -- counts: candidates, labelled, concrete, irrelevant, chosen
+            filters_json TEXT NOT NULL,        -- per-candidate numbers of every filter
+            settings_json TEXT NOT NULL        -- what the choice depends on (thresholds, judge, prompts, versions)
+        )
+        """
+    )

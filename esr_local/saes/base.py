@@ -96,6 +96,11 @@ class Sae:
         """The labels file or folder in use, if any."""
         return self._labels_path
 
+    def set_labels_path(self, path: str | Path | None) -> None:
+        """Use another labels file or folder (read on the next `label` call)."""
+        self._labels_path = Path(path) if path is not None else None
+        self._labels = None
+
     def decoder_row(self, index: int) -> np.ndarray:
         """Raw decoder direction of latent `index` (SAELens `W_dec[index]`), float32 [d_model], without b_dec."""
         return self._decoder_row(_as_index(index, self.d_sae))
