@@ -85,6 +85,14 @@ def test_same_database_gives_byte_identical_report(imported, tmp_path):
     # giving the runs in another order (and by prefix) changes nothing either
     assert _cli("report", *[r[:20] for r in reversed(runs)], "--db", str(db), "-o", str(tmp_path / "c"))[0] == 0
     assert (tmp_path / "c" / "index.html").read_bytes() == (tmp_path / "a" / "index.html").read_bytes()
+    # another process with another hash seed (set and dict orders) writes the same bytes
+    import os
+
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    code = "from esr_local.cli import main; main()"
+    subprocess.run([sys.executable, "-c", code, "report", *runs, "--db", str(db), "-o", str(tmp_path / "d")],
+                   env=env, check=True, capture_output=True, timeout=300)
+    assert (tmp_path / "d" / "index.html").read_bytes() == (tmp_path / "a" / "index.html").read_bytes()
 
 
 def test_sweep_points_are_in_sd_units_of_the_latent_boosts(imported):
