@@ -119,3 +119,12 @@ def test_beta_cdf_on_both_sides_of_the_symmetry_switch():
     # Beta(2, 3): F(x) = 1 - (1-x)^3 (1 + 3x)... closed form of I_x(2, 3) = 6x^2 - 8x^3 + 3x^4.
     for x in (0.1, 0.3, 0.4999, 0.5, 0.5001, 0.6, 0.9):
         assert beta_cdf(x, 2.0, 3.0) == pytest.approx(6 * x**2 - 8 * x**3 + 3 * x**4, abs=1e-13)
+
+
+def test_the_default_grid_has_ten_thousand_points():
+    # Spacing 10 / 9999: every queried boost is one of those grid points (10_001 points would give 0.001).
+    r = bisect_boost(lambda b: 0.9, lower=0.0, upper=10.0, prior_mean=5.0, prior_std=2.5, n_steps=3)
+    for step in r.steps:
+        k = step.boost * 9999 / 10
+        assert abs(k - round(k)) < 1e-6, step.boost
+    assert r.steps[0].boost != 5.0  # 5.0 is not on that grid

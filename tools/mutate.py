@@ -42,20 +42,22 @@ class Module:
 
 
 MODULES: list[Module] = [
-    Module("metrics", "esr_local/metrics.py", ["tests/test_metrics.py", "tests/test_guard_metrics.py"]),
+    Module("metrics", "esr_local/metrics.py", ["tests/test_metrics.py", "tests/test_guard_metrics.py"],
+           ["x_trial_outcome__*", "x__rate__*", "x__mean__*", "x_compute_metrics__*", "x_trial_scores_from_row__*"]),
     Module("bisection", "esr_local/bisection.py", ["tests/test_bisection.py", "tests/test_guard_bisection.py"]),
     Module("parse", "esr_local/judge/parse.py", ["tests/test_judge_parse.py", "tests/test_guard_judge.py"]),
     Module("rubric", "esr_local/judge/rubric.py", ["tests/test_judge_parse.py", "tests/test_guard_judge.py"]),
     Module("layers", "esr_local/layers.py", ["tests/test_layers.py", "tests/test_guard_layers.py"]),
-    Module("cvec", "esr_local/cvec.py", ["tests/test_layers.py", "tests/test_guard_layers.py"]),
-    Module("prompt_draws", "esr_local/experiment.py", ["tests/test_guard_draws.py"],
+    Module("cvec", "esr_local/cvec.py", ["tests/test_guard_layers.py", "tests/test_engine.py"]),
+    Module("prompt_draws", "esr_local/runs/plan.py", ["tests/test_guard_draws.py"],
            ["x_trial_seed__*", "x_choose_prompt_indices__*"]),
     Module("calibration", "esr_local/calibration.py", ["tests/test_guard_calibration.py"]),
-    Module("engine", "esr_local/engine.py", ["tests/test_engine.py", "tests/test_guard_penalty.py"],
-           ["x__make_sampler__*", "xǁSamplingParamsǁvalidate__*", "x_resolve_sampling__*",
-            "xǁSteeredModelǁ_decode_loop__*", "xǁSteeredModelǁgenerate_many__*"]),
+    Module("sampling", "esr_local/sampling.py", ["tests/test_engine.py", "tests/test_guard_penalty.py"]),
+    Module("decode_loop", "esr_local/engine.py", ["tests/test_engine.py", "tests/test_guard_penalty.py"],
+           ["xǁSteeredModelǁ_decode_loop__*", "xǁSteeredModelǁgenerate_many__*", "xǁSteeredModelǁset_directions__*"]),
     Module("sae_rows", "esr_local/saes/base.py", ["tests/test_saes.py", "tests/test_guard_sae_rows.py"]),
-    Module("store_views", "esr_local/store_schema.py", ["tests/test_store.py", "tests/test_metrics.py"]),
+    Module("store_views", "esr_local/store_schema.py", ["tests/test_store.py", "tests/test_metrics.py",
+                                                       "tests/test_store_migrations.py"]),
 ]
 
 # mutmut's exit-code meanings (mutmut/stats.py), folded into the columns of MUTATION.md.
