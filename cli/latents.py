@@ -30,6 +30,15 @@ def _open(sae, labels, model, catalog):
     return resolved, entry, sae_obj
 
 
+def _open_labels_only(sae, labels, model, catalog):
+    """The SAE and catalog entry without fetching the model's weights (labels need none)."""
+    from esr_local.catalog import DEFAULT_MODEL, get_entry
+
+    entry = None if (model or "").endswith(".gguf") else get_entry(model or DEFAULT_MODEL, catalog)
+    sae_obj = attach_catalog_labels(open_sae(sae, entry, labels), entry, explicit=bool(sae or labels))
+    return None, entry, sae_obj
+
+
 @click.group(name="latents")
 def latents_group() -> None:
     """Search and show SAE latent labels; choose latents as the paper does (`select`)."""
@@ -41,7 +50,7 @@ def latents_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {latent, label}.")
 def search_cmd(text, sae, labels, model, catalog, as_json):
     """Latents whose label contains TEXT (substring first, then all-words matches)."""
-    _, _, sae_obj = _open(sae, labels, model, catalog)
+    _, _, sae_obj = _open_labels_only(sae, labels, model, catalog)
     matches = search_labels(all_labels(sae_obj), text)
     if as_json:
         click.echo(json.dumps([{"latent": m.latent, "label": m.label} for m in matches], ensure_ascii=False))
@@ -57,11 +66,12 @@ def search_cmd(text, sae, labels, model, catalog, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def show_cmd(latent, sae, labels, model, catalog, as_json):
     """One latent: its label, decoder row norm and the SAE it belongs to."""
-    _, entry, sae_obj = _open(sae, labels, model, catalog)
+    _, entry, sae_obj = _open_labels_only(sae, labels, model, catalog)
     label = sae_obj.label(latent)
     info = {"latent": latent, "label": label, "placeholder": is_placeholder(label), "row_norm": sae_obj.row_norm(latent),
             "sae": sae_display_source(sae, entry), "family": sae_obj.info.family, "d_sae": sae_obj.d_sae,
-            "layer": sae_obj.info.layer, "labels_file": str(sae_obj.labels_path) if sae_obj.labels_path else None}
+            "layer": sae_obj.info.layer, "labels_file": str(sae_obj.labels_path) if sae_obj.labels_path else None,
+            "label_source": entry.sae.label_source() if entry is not None and not sae else None}
     if as_json:
         click.echo(json.dumps(info, ensure_ascii=False))
         return

@@ -54,6 +54,15 @@ class SaeSpec:
     neuronpedia_id: str | None = None
     d_sae: int | None = None
 
+    def label_source(self) -> str | None:
+        """Where this SAE's labels come from: `labels` (a file), else the Neuronpedia export named by
+        `neuronpedia_id` (downloaded once into the data folder), else a `labels.csv` beside the weights."""
+        if self.labels:
+            return f"file:{self.labels}"
+        if self.neuronpedia_id:
+            return f"neuronpedia:{self.neuronpedia_id}"
+        return "beside-weights" if self.source else None
+
 
 @dataclass(frozen=True)
 class PaperDefaults:
