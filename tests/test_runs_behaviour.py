@@ -230,3 +230,22 @@ def test_with_parallel_a_prompt_too_long_for_the_context_fails_alone(tmp_path):
     (run,) = _rows(db, "SELECT status, summary_json FROM runs")
     assert run["status"] == "partial" and json.loads(run["summary_json"])["failed_generations"] == 1
     assert "PARTIAL: 1 failed generation(s) of 2 trials" in r.stdout
+
+
+def test_resume_after_the_model_file_changed_is_one_clear_error(tmp_path, smollm2_path):
+    model = tmp_path / smollm2_path.name  # the catalog knows the file by its name
+    shutil.copyfile(smollm2_path, model)
+    db = tmp_path / "m.db"
+    store = Store(db)
+    run_id, judge = create_run(store, RunOptions(model=str(model), latents=[0], boost=1.0, judge="local",
+                                                 skip_judge_check=True, max_tokens=8, n_ctx=512))
+    judge.close()
+    store.close()
+    with open(model, "r+b") as fh:  # same size, last byte flipped, at once (the same second as the hash)
+        fh.seek(-1, 2)
+        b = fh.read(1)
+        fh.seek(-1, 2)
+        fh.write(bytes([b[0] ^ 0xFF]))
+    r = _cli(["run", "--resume", run_id], db)
+    assert r.exit_code == 1 and f"the model file {model} changed since the run was created" in r.output, r.output
+    assert _rows(db, "SELECT COUNT(*) AS n FROM trials")[0]["n"] == 0

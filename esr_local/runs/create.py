@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..calibration import CalibrationSettings
 from ..errors import UserInputError
-from ..model_files import file_sha256, resolve_model
+from ..model_files import resolve_model
 from ..prompts import load_prompts, resolve_meta_prompt
 from ..provenance import machine, versions
 from ..sampling import MAX_SEED, check_seed, resolve_sampling
@@ -20,7 +20,7 @@ from ..steering import check_sae_fits, choose_layer, effective_chat_mode, open_s
 from .conditions import check_conditions
 from .gguf_header import model_dims
 from .plan import base_trials
-from .resources import hub_revision, rows_hash, sae_files
+from .resources import fingerprint, hub_revision, rows_hash, sae_files
 from .spec import JudgeRef, ModelRef, RunSpec, SaeRef, judge_key, labels_hash
 
 
@@ -242,9 +242,10 @@ def _new_spec(store, opts: RunOptions, conditions: list[str], meta: dict, seed: 
     entry = resolved.entry
     n_layer, n_embd = model_dims(resolved.path)
     chat_mode = effective_chat_mode(opts.chat_mode, entry)
-    model = ModelRef(name=resolved.name, path=str(resolved.path), sha256=file_sha256(resolved.path),
-                     size=resolved.path.stat().st_size, n_layer=n_layer, n_embd=n_embd, chat_mode=chat_mode,
-                     chat_template=entry.chat_template if entry else None)
+    fp = fingerprint(resolved.path)
+    model = ModelRef(name=resolved.name, path=fp["path"], sha256=fp["sha256"], size=fp["size"], n_layer=n_layer,
+                     n_embd=n_embd, chat_mode=chat_mode, chat_template=entry.chat_template if entry else None,
+                     mtime_ns=fp["mtime_ns"])
     sae = open_sae(_abs(opts.sae), entry, _abs(opts.labels))
     check_sae_fits(sae, n_embd, resolved.name)
     layer = choose_layer(opts.layer, entry, sae, n_layer, user_sae=opts.sae is not None)

@@ -15,11 +15,37 @@ from .spec import ModelRef, RunSpec, SaeRef
 _SNAPSHOT = re.compile(r"/snapshots/([0-9a-f]{40})/")
 
 
+def fingerprint(path: str | Path) -> dict:
+    """{path, size, mtime_ns, sha256} of one file."""
+    p = Path(path).resolve()
+    st = p.stat()
+    return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": file_sha256(p)}
+
+
+def unchanged(fp: dict) -> bool:
+    """Whether a file still is the one fingerprinted: same size, and the same sha256 unless its mtime is
+    exactly the recorded one (a file rewritten in place gets a new mtime, so it is hashed again here,
+    bypassing any hash cache)."""
+    p = Path(fp["path"])
+    if not p.is_file():
+        return False
+    st = p.stat()
+    if st.st_size != fp["size"]:
+        return False
+    if fp.get("mtime_ns") is not None and st.st_mtime_ns == fp["mtime_ns"]:
+        return True
+    h = hashlib.sha256()
+    with open(p, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest() == fp["sha256"]
+
+
 def sae_files(resolved: str | Path) -> list[dict]:
-    """{path, size, sha256} of the SAE file, or of every file in the SAE folder (sorted)."""
+    """Fingerprints of the SAE file, or of every file in the SAE folder (sorted)."""
     p = Path(resolved)
     paths = [p] if p.is_file() else sorted(x for x in p.rglob("*") if x.is_file())
-    return [{"path": str(x.resolve()), "size": x.stat().st_size, "sha256": file_sha256(x)} for x in paths]
+    return [fingerprint(x) for x in paths]
 
 
 def hub_revision(resolved: str | Path) -> str | None:
@@ -43,7 +69,7 @@ def check_model(model: ModelRef) -> None:
     if not path.is_file():
         raise UserInputError(f"the model file {path} of this run is gone; put it back (sha256 {model.sha256[:12]}...) "
                              "or start a new run")
-    if file_sha256(path) != model.sha256:
+    if not unchanged({"path": model.path, "size": model.size, "mtime_ns": model.mtime_ns, "sha256": model.sha256}):
         raise UserInputError(f"the model file {path} changed since the run was created (sha256 differs); "
                              "restore the original file or start a new run")
 
@@ -55,7 +81,7 @@ def open_run_sae(spec: RunSpec):
 
     for f in spec.sae.files:
         p = Path(f["path"])
-        if not p.is_file() or p.stat().st_size != f["size"] or file_sha256(p) != f["sha256"]:
+        if not unchanged(f):
             raise UserInputError(f"the SAE file {p} changed since the run was created (size or sha256 differs); "
                                  "restore the original file or start a new run")
     sae = load_sae(spec.sae.resolved_path)

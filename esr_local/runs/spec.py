@@ -27,6 +27,7 @@ class ModelRef:
     n_embd: int
     chat_mode: str  # auto | chat | raw, as given (after the catalog's raw-only rule)
     chat_template: str | None  # the catalog's template, frozen; None: the GGUF's own
+    mtime_ns: int | None = None  # when the file was hashed; a different mtime makes a resume hash it again
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class SaeRef:
     resolved_path: str  # the local file or folder opened
     family: str
     revision: str | None  # the Hugging Face commit for hub sources
-    files: list[dict]  # [{path, size, sha256}] of every file read
+    files: list[dict]  # [{path, size, mtime_ns, sha256}] of every file read
     feature_layer: int | None  # the SAE's own hook layer
     d_sae: int
     rows_sha256: str  # sha256 of the float32 decoder rows of the run's latents, in latent order
