@@ -4,11 +4,19 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 # Portable CPU build of llama.cpp (no -march=native), without the multimodal library: ~5 min on 2 cores.
 # For a GPU build set CMAKE_ARGS yourself, e.g. CMAKE_ARGS="-DGGML_CUDA=on" or "-DGGML_METAL=on".
+# `make venv NATIVE=1`: build llama.cpp for this machine's CPU (-DGGML_NATIVE=ON: AVX-512 etc. where present);
+# the venv then runs only on CPUs like this one. Back to portable: `make clean venv`.
+ifeq ($(NATIVE),1)
+CMAKE_ARGS ?= -DGGML_NATIVE=ON -DLLAVA_BUILD=OFF
+NATIVE_STAMP := $(VENV)/.native
+PIP_CACHE := --no-cache-dir
+else
 CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
+endif
 
 .PHONY: venv test bench clean mutate
 
-venv: $(STAMP)
+venv: $(STAMP) $(NATIVE_STAMP)
 
 # One line per phase. -qq hides pip's notices and the build backend's informational warnings; errors still show
 # (pip's --log would bring the backend warnings back to the console, so none is kept).
@@ -17,9 +25,17 @@ $(STAMP): pyproject.toml
 	@echo "esr-local set-up: updating pip"
 	@$(VENV)/bin/python -m pip install --quiet --quiet --disable-pip-version-check --upgrade pip
 	@echo "esr-local set-up: installing esr-local and its dependencies (compiles llama.cpp on first use, ~5 min)"
-	@CMAKE_ARGS="$(CMAKE_ARGS)" $(VENV)/bin/python -m pip install --quiet --quiet --disable-pip-version-check -e ".[test]"
-	@touch $(STAMP)
+	@CMAKE_ARGS="$(CMAKE_ARGS)" $(VENV)/bin/python -m pip install --quiet --quiet --disable-pip-version-check $(PIP_CACHE) -e ".[test]"
+	@touch $(STAMP) $(NATIVE_STAMP)
 	@echo "esr-local set-up: done"
+
+# An existing venv switched to a native build: recompile llama-cpp-python (never from pip's wheel cache,
+# which holds the portable build).
+# (The test: a fresh set-up above has just built it natively.)
+$(VENV)/.native:
+	@test -f $@ || { echo "esr-local set-up: rebuilding llama-cpp-python for this CPU (GGML_NATIVE=ON, ~5 min)" && \
+		CMAKE_ARGS="$(CMAKE_ARGS)" $(VENV)/bin/python -m pip install --quiet --quiet --disable-pip-version-check \
+		--no-cache-dir --force-reinstall --no-deps --no-binary llama-cpp-python "llama-cpp-python==0.3.36" && touch $@; }
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q

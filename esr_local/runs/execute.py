@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -26,6 +27,7 @@ from ..store import DuplicateTrialError
 from .boosts import resolve_boosts
 from .conditions import sweep_levels
 from .create import build_judge, plan_base
+from .judge_pool import JudgePool
 from .judging import judgment_record
 from .plan import TrialSpec, groups, plan_trials
 from .resources import check_model, open_run_sae
@@ -181,14 +183,20 @@ class _Execution:
         self.echo(f"run {run_id}: {len(plan)} trials ({len(plan) - len(pending)} already done), "
                   f"{len(res.boosts)} latents at layer {spec.steering_layer}, judge {spec.judge.spec}")
         prog = Progress()
-        for group in groups(plan, spec.parallel):
-            todo = [t for t in group if t.key not in done]
-            if not todo:
-                continue
-            t0 = group[0]
-            lm.set_directions({spec.steering_layer: rows[t0.latent] * np.float32(t0.boost)} if t0.boost != 0 else None)
-            self._run_group(lm, group, todo, labels, prog)
-            self.progress(prog.line(len(pending)))
+        # Judgments overlap the next groups' decoding (remote judges); groups are stored in plan order.
+        with JudgePool.for_judge(self.judge) as pool:
+            try:
+                for group in groups(plan, spec.parallel):
+                    todo = [t for t in group if t.key not in done]
+                    if not todo:
+                        continue
+                    t0 = group[0]
+                    lm.set_directions({spec.steering_layer: rows[t0.latent] * np.float32(t0.boost)} if t0.boost != 0 else None)
+                    self._run_group(lm, group, todo, labels, prog, pool, len(pending))
+            except Exception:
+                pool.drain()  # store what was judged before the failure, as serial judging would have
+                raise
+            pool.drain()
         summary.update(planned=len(plan), ran=len(pending), **self._failures())
         return summary
 
@@ -210,8 +218,10 @@ class _Execution:
             self.store.record_judgment(t["id"], rec, attempts)
         return len(todo)
 
-    def _run_group(self, lm: SteeredModel, group: list[TrialSpec], todo: list[TrialSpec], labels, prog: Progress) -> None:
-        """Decode the whole group (trials that fit the context), judge and store the `todo` ones together."""
+    def _run_group(self, lm: SteeredModel, group: list[TrialSpec], todo: list[TrialSpec], labels, prog: Progress,
+                   pool: JudgePool, total: int) -> None:
+        """Decode the whole group (trials that fit the context); hand the `todo` ones' judgments to the pool,
+        which stores them together (in plan order) once all are judged."""
         max_tokens = self.spec.sampling.max_tokens
         errors = {t.key: lm.fit_error(t.prompt, max_tokens) for t in group}
         fits = [t for t in group if errors[t.key] is None]
@@ -222,7 +232,7 @@ class _Execution:
                 gens = {t.key: g for t, g in zip(fits, out)}
             except EsrError as exc:
                 errors.update({t.key: str(exc) for t in fits})
-        records = []
+        trials, calls = [], []
         for t in todo:
             gen = gens.get(t.key)
             trial = {
@@ -236,15 +246,21 @@ class _Execution:
                 "error": None if gen else errors.get(t.key) or "not generated",
                 "extra_json": {"parallel_sequences": len(fits), "prefill_ms": round(gen.prefill_ms, 1) if gen else None},
             }
-            rec, attempts = (None, [])
-            if gen is not None:
-                rec, attempts = judgment_record(self.judge, self.spec.judge, t.prompt, gen.text, labels[t.latent])
-            records.append((trial, rec, attempts))
+            trials.append(trial)
+            calls.append(partial(judgment_record, self.judge, self.spec.judge, t.prompt, gen.text, labels[t.latent])
+                         if gen is not None else (lambda: (None, [])))
+        pool.submit_group(calls, partial(self._store_group, trials, prog, total))
+
+    def _store_group(self, trials: list[dict], prog: Progress, total: int, judged: list[tuple]) -> None:
+        """Write one group's trials with their judgments in one transaction (called in plan order)."""
+        records = [(trial, rec, attempts) for trial, (rec, attempts) in zip(trials, judged)]
         try:
             with self.store.transaction():
                 for trial, rec, attempts in records:
                     self.store.record_trial(trial, rec, attempts)
         except DuplicateTrialError:
-            return  # another process recorded this group first; keep the first
-        for _, rec, attempts in records:
-            prog.add([a["score"] for a in attempts] if rec and rec["parse_status"] == "ok" else None)
+            pass  # another process recorded this group first; keep the first
+        else:
+            for _, rec, attempts in records:
+                prog.add([a["score"] for a in attempts] if rec and rec["parse_status"] == "ok" else None)
+        self.progress(prog.line(total))
