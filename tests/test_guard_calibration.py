@@ -12,7 +12,7 @@ import pytest
 
 from esr_local.bisection import bisect_boost
 from esr_local.calibration import CalibrationSettings, calibrate_latent
-from esr_local.errors import BackendError
+from esr_local.errors import BackendError, UserInputError
 from esr_local.judge.records import Attempt, Judgment
 from esr_local.store import Store
 
@@ -139,3 +139,76 @@ def test_same_seed_same_calibration_and_a_cached_result_skips_the_judge(smollm2,
     assert (again.boost, again.achieved_score, again.calibration_id) == (first.boost, first.achieved_score,
                                                                           first.calibration_id)
     assert [st["score"] for st in again.steps] == [st["score"] for st in first.steps]
+
+
+class UnscoredJudge(ScriptedJudge):
+    """Parses fine but gives no score to any attempt."""
+
+    def judge(self, prompt, response, label):
+        j = super().judge(prompt, response, label)
+        if j.attempts is not None:
+            j.attempts = [Attempt(a.text, None) for a in j.attempts]
+        return j
+
+
+def test_a_judgment_without_any_score_is_retried_then_fails_with_the_reason(smollm2, row):
+    s = _settings(n_steps=1)
+    unscored = UnscoredJudge(SCRIPT)
+    with pytest.raises(BackendError, match=r"^the judge gave no usable score during calibration \(no scored attempt\)$"):
+        calibrate_latent(smollm2, unscored, row, LAYER, LABEL, PROMPTS, s, seed=5)
+    assert len(unscored.calls) == 3
+    failing = ScriptedJudge(SCRIPT, failures={0, 1, 2})
+    with pytest.raises(BackendError, match=r"during calibration \(parse error: scripted\)$"):
+        calibrate_latent(smollm2, failing, row, LAYER, LABEL, PROMPTS, s, seed=5)
+
+
+def test_a_store_without_a_cache_key_is_left_alone(smollm2, row, tmp_path):
+    store = Store(tmp_path / "cal.db")
+    out = calibrate_latent(smollm2, ScriptedJudge(SCRIPT), row, LAYER, LABEL, PROMPTS, _settings(n_steps=1), seed=2,
+                           store=store, cache_key=None)
+    assert out.calibration_id is None and not out.cached
+
+
+def test_a_cached_entry_without_an_achieved_score_reads_as_zero(smollm2, row, tmp_path):
+    store = Store(tmp_path / "cal.db")
+    key = {"model_sha256": "ef" * 32, "sae_source": "shipped:test", "latent": 1, "layer": LAYER,
+           "judge": "scripted", "settings_hash": "x"}
+    store.put_calibration(key, {"boost": 3.5, "target": 0.3, "steps": []})
+    hit = calibrate_latent(smollm2, ScriptedJudge([]), row, LAYER, LABEL, PROMPTS, _settings(), seed=1,
+                           store=store, cache_key=key)
+    assert (hit.boost, hit.achieved_score, hit.steps, hit.cached) == (3.5, 0.0, [], True)
+
+
+@pytest.mark.parametrize("change", [{"temperature": 1.5}, {"repetition_penalty": 2.0}, {"top_k": 1},
+                                    {"top_p": 0.05}, {"min_p": 0.9}])
+def test_every_sampling_setting_reaches_the_generations(smollm2, row, change):
+    base = _settings(n_steps=1, max_tokens=10)
+    a, b = ScriptedJudge(SCRIPT), ScriptedJudge(SCRIPT)
+    calibrate_latent(smollm2, a, row, LAYER, LABEL, PROMPTS, base, seed=4)
+    calibrate_latent(smollm2, b, row, LAYER, LABEL, PROMPTS, _settings(n_steps=1, max_tokens=10, **change), seed=4)
+    assert [c[0] for c in a.calls] == [c[0] for c in b.calls]  # same prompts drawn ...
+    assert [c[1] for c in a.calls] != [c[1] for c in b.calls]  # ... answered differently
+
+
+def test_settings_check_and_hash():
+    CalibrationSettings().check()
+    CalibrationSettings(samples_per_step=1, max_tokens=1).check()
+    for bad, message in [({"samples_per_step": 0}, "at least 1 sample per step and 1 token"),
+                         ({"max_tokens": 0}, "at least 1 sample per step and 1 token"),
+                         ({"target": 1.0}, "target must be between 0 and 1"),
+                         ({"lower": 5.0, "upper": 5.0}, "lower < upper"),
+                         ({"prior_std": 0.0}, "prior_std must be positive"),
+                         ({"n_steps": 0}, "n_steps must be at least 1"),
+                         ({"update_weight": 0.0}, "update_weight must be positive")]:
+        with pytest.raises(UserInputError, match=message):
+            CalibrationSettings(**bad).check()
+    # The hash is part of every stored calibration's cache key: stable across versions, sensitive to each field.
+    assert CalibrationSettings().settings_hash() == "70525dc6f1444fd0"
+    import dataclasses
+
+    hashes = {CalibrationSettings().settings_hash()}
+    for f in dataclasses.fields(CalibrationSettings):
+        value = getattr(CalibrationSettings(), f.name)
+        other = (not value) if isinstance(value, bool) else (value + "x" if isinstance(value, str) else value + 1)
+        hashes.add(CalibrationSettings(**{f.name: other}).settings_hash())
+    assert len(hashes) == 1 + len(dataclasses.fields(CalibrationSettings))
