@@ -109,3 +109,14 @@ def test_the_first_problem_found_is_reported():
     with pytest.raises(JudgeParseError, match=r"reply \(found: invalid JSON \(Expecting property name enclosed in "
                                              r"double quotes at char 1\)\)$"):
         parse_judge_output('{bad} {"no": "attempts"}')
+
+
+def test_an_empty_first_string_does_not_flip_the_string_tracking():
+    assert _pairs('{"": 0, "attempts": [{"attempt_text": "a", "score": 5}]}') == [("a", 5.0)]
+
+
+def test_valid_json_with_raw_newlines_keeps_curly_quotes_inside_strings():
+    # Strict JSON parsing would fail on the raw newline and fall back to the repairs, which turn curly
+    # quotes into straight ones and break the string: the first, lenient parse must take it as it is.
+    text = '{"attempts": [{"attempt_text": "he said \u201chi\u201d\nthen left", "score": 5}]}'
+    assert _pairs(text) == [("he said \u201chi\u201d\nthen left", 5.0)]
