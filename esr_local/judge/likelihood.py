@@ -86,13 +86,16 @@ class ContinuationScorer:
             for start in range(0, len(rows), n_batch):
                 chunk = rows[start:start + n_batch]
                 lm._fill(chunk)
-                for j, (_, pos, seq, want) in enumerate(chunk):
-                    if want:
-                        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(lm._ctx, j), shape=(n_vocab,))
-                        logits = logits.astype(np.float64)
-                        top = logits.max()
-                        i = pos - (len(contexts[seq]) - 1)
-                        out[seq][i] = logits[continuation[i]] - top - np.log(np.exp(logits - top).sum())
+                wanted = [(pos, seq) for (_, pos, seq, want) in chunk if want]
+                if not wanted:
+                    continue
+                # The output rows, in batch order, as one (n_outputs, n_vocab) array: one vectorised log-softmax.
+                logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(lm._ctx), shape=(len(wanted), n_vocab))
+                top = logits.max(axis=1)
+                lse = top.astype(np.float64) + np.log(np.exp(logits - top[:, None]).sum(axis=1, dtype=np.float64))
+                for k, (pos, seq) in enumerate(wanted):
+                    i = pos - (len(contexts[seq]) - 1)
+                    out[seq][i] = float(logits[k, continuation[i]]) - lse[k]
         finally:
             lm._clear_memory()
         return out
