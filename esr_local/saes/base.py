@@ -219,7 +219,11 @@ class LinearSae(Sae):
         return cache[name]
 
     def _encoder_columns(self, indices: list[int]) -> np.ndarray:
-        """[d_model, k] encoder weights of the given latents."""
+        """[d_model, k] encoder weights of the given latents (one block read when they are a contiguous run)."""
+        if len(indices) > 1 and indices[-1] - indices[0] == len(indices) - 1 and all(
+            b - a == 1 for a, b in zip(indices, indices[1:])
+        ):
+            return self._encoder_block(indices[0], indices[-1] + 1)
         if self._enc_by_cols:
             return self._w_enc.cols(indices)
         return self._w_enc.rows(indices).T
