@@ -13,7 +13,7 @@ from esr_local.report.datasette import datasette_metadata, shipped_metadata
 from esr_local.store import Store
 from report_fixtures import imported_store
 
-_CORE = {"runs", "run_sessions", "latents", "trials", "judgments", "attempts", "calibrations", "trial_outcomes",
+_CORE = {"runs", "run_sessions", "latents", "latent_sets", "trials", "judgments", "attempts", "calibrations", "trial_outcomes",
          "run_metrics", "judge_metrics"}
 
 
