@@ -146,7 +146,7 @@ def metrics_for_store(store: Store, run_ids: Iterable[str] | None = None, *, jud
     count (a judge key, key prefix or the spec it graded with; default each run's own judge, see
     esr_local.runs.judging.resolve_judge_key). `exclude_flagged` leaves out latents flagged by calibration.
     Each dict has `run_id`, `condition`, METRIC_KEYS, `judge_key`, `flagged_latents` (how many of the
-    condition's latents are flagged) and `excluded_latents`. Rows are ordered by run id, then condition.
+    condition's latents are flagged) and `excluded_latents`. Rows are ordered by run id, then condition (`condition_order`).
     The SQL view `run_metrics` gives the same numbers for each run's own judge.
     """
     from .runs.judging import resolve_judge_key
@@ -170,12 +170,24 @@ def metrics_for_store(store: Store, run_ids: Iterable[str] | None = None, *, jud
                     continue
             scores = trial_scores_from_row(trial, lat.get("error"))
             by_condition.setdefault(trial["condition"], []).append(scores)
-        for condition in sorted(by_condition):
+        for condition in sorted(by_condition, key=condition_order):
             n_flagged = len(flagged.get(condition, ()))
             rows.append({"run_id": run_id, "condition": condition, **compute_metrics(by_condition[condition]),
                          "judge_key": key, "flagged_latents": n_flagged,
                          "excluded_latents": n_flagged if exclude_flagged else 0})
     return rows
+
+
+def condition_order(name: str) -> tuple:
+    """Conditions by kind name, sweep levels by number (`sweep:2` before `sweep:10`); unknown names last."""
+    from .errors import UserInputError
+    from .runs.conditions import Condition
+
+    try:
+        c = Condition.parse(name)
+    except UserInputError:
+        return (1, name, 0)
+    return (0, c.kind, int(c.arg) if c.kind == "sweep" else (c.arg or ""))
 
 
 def flagged_latents(store: Store, run_ids: Iterable[str]) -> list[dict[str, Any]]:

@@ -249,3 +249,18 @@ def test_resume_after_the_model_file_changed_is_one_clear_error(tmp_path, smollm
     r = _cli(["run", "--resume", run_id], db)
     assert r.exit_code == 1 and f"the model file {model} changed since the run was created" in r.output, r.output
     assert _rows(db, "SELECT COUNT(*) AS n FROM trials")[0]["n"] == 0
+
+
+def test_conditions_parse_once_and_order_sweep_levels_by_number():
+    from esr_local.metrics import condition_order
+    from esr_local.runs.conditions import Condition
+
+    assert Condition.parse("meta:self_monitor") == Condition.meta("self_monitor")
+    assert Condition.parse("sweep:3").boost(2.0, [0.0, 1.0, 2.0, 5.5]) == 5.5
+    assert Condition.parse("baseline").boost(2.0, []) == 0.0 and not Condition("baseline").steers
+    assert Condition.meta("x").prompt("Do it.", "cats", {"x": "Ignore {label}."}) == "Do it. Ignore cats."
+    for bad in ("sweep", "sweep:a", "meta:", "steered:1", "nonsense"):
+        with pytest.raises(UserInputError):
+            Condition.parse(bad)
+    names = ["sweep:10", "steered", "sweep:2", "baseline", "meta:x", "odd:thing"]
+    assert sorted(names, key=condition_order) == ["baseline", "meta:x", "steered", "sweep:2", "sweep:10", "odd:thing"]
