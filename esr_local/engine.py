@@ -122,6 +122,7 @@ class SteeredModel:
         self.chat_template = chat_template or self.llm.metadata.get("tokenizer.chat_template")
         self.chat_mode = self._resolve_chat_mode(chat_mode)
         self._flash_attn = flash_attn
+        self._ablation = None  # esr_local.ablation.Ablation: an eval callback on this context (set_ablation)
         self._ctx = self._new_context()
         self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, self.n_seq)
         self.directions: dict[int, np.ndarray] = {}
@@ -144,6 +145,9 @@ class SteeredModel:
         # Flash attention on: llama.cpp's CLI default on CPU, and what makes our output match
         # `llama-completion --control-vector` token for token.
         p.flash_attn_type = 1 if self._flash_attn else 0
+        if self._ablation is not None:
+            p.cb_eval = self._ablation.c_callback
+            p.cb_eval_user_data = None
         ctx = llama_cpp.llama_init_from_model(self.llm.model, p)
         if not ctx:
             raise BackendError(
@@ -184,6 +188,28 @@ class SteeredModel:
         apply_to_context(self._ctx, directions, self.n_layer, self.n_embd)
         self.directions = new
         self._clear_memory()
+
+    def set_ablation(self, ablation=None) -> None:
+        """Zero-ablate SAE latents in the graph while generating (an `esr_local.ablation.Ablation`), or stop with None.
+
+        llama.cpp takes an eval callback only when a context is created, so this rebuilds the context and
+        re-applies the control vector; without an ablation the context has no callback and costs nothing extra.
+        """
+        if ablation is self._ablation:
+            return
+        if ablation is not None:
+            ablation.bind(self)
+        llama_cpp.llama_free(self._ctx)
+        self._ctx = None
+        self._ablation = ablation
+        self._ctx = self._new_context()
+        if self.directions:
+            apply_to_context(self._ctx, self.directions, self.n_layer, self.n_embd)
+
+    @property
+    def ablation(self):
+        """The active in-graph ablation, or None."""
+        return self._ablation
 
     def clear(self) -> None:
         """Remove the control vector."""
@@ -272,7 +298,10 @@ class SteeredModel:
         self._clear_memory()
         samplers = [make_sampler(sampling, int(s), self.n_ctx, self.n_vocab) for s in seeds]
         try:
-            return self._decode_loop(prompt_texts, prompts, samplers, sampling, seeds, on_text)
+            gens = self._decode_loop(prompt_texts, prompts, samplers, sampling, seeds, on_text)
+            if self._ablation is not None and self._ablation.error:
+                raise BackendError(f"in-graph ablation failed: {self._ablation.error}")
+            return gens
         finally:
             for smpl in samplers:
                 llama_cpp.llama_sampler_free(smpl)
