@@ -42,12 +42,16 @@ _RESET = "\x1b[0m"
 @click.option("--seed", type=SEED, default=None, help="Sampling seed, 0 to 2^32-1 (default: random, printed).")
 @click.option("--compare", is_flag=True, help="Also print the unsteered answer (same seed).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming text.")
+@click.option("--ablate", "ablate", type=click.IntRange(min=0), multiple=True,
+              help="Zero-ablate this SAE latent at the steering layer, every token (repeatable).")
+@click.option("--ablate-order", type=click.Choice(["pre", "post"]), default="pre", show_default=True,
+              help="Encode the latents to ablate before (pre, the paper's) or after (post) the steering vector is added.")
 @click.option("--color/--no-color", "color", default=None,
               help="Colour the steered (yellow) and unsteered (cyan) text (default: on a terminal, unless NO_COLOR is set).")
 @model_options
 @sampling_options
 def steer_cmd(latents, scales, sae, labels, layer, vector_file, prompt, seed, compare, as_json, color, model, quant,
-              catalog, n_ctx, threads, gpu_layers, chat_mode, **sampling_kw):
+              catalog, n_ctx, threads, gpu_layers, chat_mode, ablate=(), ablate_order="pre", **sampling_kw):
     """Generate an answer while SAE latents are added to the residual stream at one layer."""
     if vector_file:
         given = [name for name, v in (("--latent", latents), ("--sae", sae), ("--labels", labels), ("--layer", layer)) if v not in (None, (), "")]
@@ -55,6 +59,8 @@ def steer_cmd(latents, scales, sae, labels, layer, vector_file, prompt, seed, co
             raise click.UsageError(f"--vector cannot be combined with {'/'.join(given)}: the file fixes the latents and layers")
         if len(scales) > 1:
             raise click.UsageError("--vector takes at most one --scale (it multiplies the whole file)")
+        if ablate:
+            raise click.UsageError("--ablate needs the SAE (its encoder): use --latent/--sae instead of --vector")
         cv = read_gguf(vector_file)  # checked before the model is loaded
     resolved = resolve_model(model, quant, catalog)
     entry = resolved.entry
@@ -82,7 +88,14 @@ def steer_cmd(latents, scales, sae, labels, layer, vector_file, prompt, seed, co
             for t, s, lab, n in zip(cv.provenance["latents"], cv.provenance["scales"], cv.provenance["labels"], cv.provenance["row_norms"])
         ]
         desc = {"sae_source": sae_display_source(sae, entry), "layer": the_layer, "terms": terms}
+        if ablate:
+            from esr_local.ablation import Ablation
+
+            lm.set_ablation(Ablation(sae_obj, ablate, the_layer, order=ablate_order))
+            desc["ablation"] = lm.ablation.describe()
         header = ", ".join(f"latent {t['latent']} ({t['label'] or 'no label'}) x {t['scale']:g}" for t in terms) + f" at layer {the_layer}"
+        if ablate:
+            header += f", ablating {list(lm.ablation.latents)} ({ablate_order})"
 
     record = {"model": resolved.name, "model_path": str(resolved.path), "prompt": prompt, "seed": seed,
               "sampling": sampling.__dict__, **desc}
@@ -98,6 +111,8 @@ def steer_cmd(latents, scales, sae, labels, layer, vector_file, prompt, seed, co
             click.echo(click.style(f"\n=== {name} ===", bold=True) if use_color else f"\n=== {name} ===", color=use_color)
         if use_color:  # raw ANSI around the streamed pieces (click.style needs the whole text)
             sys.stdout.write(_COLORS[name])
+        if lm.ablation is not None:
+            lm.ablation.reset()
         gen = lm.generate(prompt, sampling, seed, on_text=stream)
         if use_color:
             sys.stdout.write(_RESET)
@@ -106,6 +121,8 @@ def steer_cmd(latents, scales, sae, labels, layer, vector_file, prompt, seed, co
             click.echo(f"# {gen.completion_tokens} tokens, {gen.tokens_per_s:.1f} tok/s, stop: {gen.stop_reason}", err=True)
         record[name] = {"text": gen.text, "prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
                         "stop_reason": gen.stop_reason, "tokens_per_s": round(gen.tokens_per_s, 2)}
+        if lm.ablation is not None:
+            record[name]["ablation_rows_fired"] = lm.ablation.stats.rows_fired
     lm.close()
     if as_json:
         click.echo(json.dumps(record, indent=2, default=str))
