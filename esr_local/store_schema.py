@@ -575,3 +575,28 @@ def m010_latent_sets(db: Database) -> None:
         )
         """
     )
+
+
+@MIGRATIONS()
+def m012_detector_sets(db: Database) -> None:
+    """Off-topic detector sets found by `esr-local detectors find` (paper §3.1): both rankings (strict and
+    AUC), every ranked latent's statistics, and the prompts, responses and derangement they came from."""
+    db.execute(
+        """
+        CREATE TABLE detector_sets (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            created_utc TEXT NOT NULL,
+            model_name TEXT,
+            sae_source TEXT NOT NULL,
+            d_sae INTEGER NOT NULL,
+            feature_layer INTEGER,
+            rule TEXT NOT NULL,                -- strict | auc: which ranking latents_json holds
+            latents_json TEXT NOT NULL,        -- the detector set, in rank order
+            strict_json TEXT NOT NULL,         -- the strict rule's latents
+            auc_json TEXT NOT NULL,            -- the top latents by separability AUC
+            stats_json TEXT NOT NULL,          -- per ranked latent: auc, active fractions, means, maxima
+            settings_json TEXT NOT NULL        -- layer, seed, derangement, sampling, thresholds, prompts, responses
+        )
+        """
+    )
