@@ -60,15 +60,24 @@ def metrics_records(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                    "default: each run's own judge.")
 @click.option("--exclude-flagged", is_flag=True, help="Leave out latents flagged by calibration (boost at a bound, "
               "or re-measured score more than 0.15 from the target).")
+@click.option("--paired", is_flag=True, help="Compare two runs' paired trials: RUN_A[:CONDITION] RUN_B[:CONDITION] "
+              "(e.g. a run and its ablation replay): B - A in multi-attempt and ESR rates with a 95% interval.")
 @db_option
 @json_option
-def metrics_command(runs: tuple[str, ...], judge: str | None, exclude_flagged: bool, db: Path | None, json_: bool) -> None:
+def metrics_command(runs: tuple[str, ...], judge: str | None, exclude_flagged: bool, db: Path | None, json_: bool,
+                    paired: bool = False) -> None:
     """Multi-attempt rate, ESR rate, conditional improvement rate and mean scores (with standard errors)
     per run and condition. RUN is a run id or a unique prefix; without RUN, every run is shown.
 
     A trial counts only when it, its latent and its judgment have no error and at least one attempt has a
     score. Rates are percentages; '-' (null in JSON) marks values that are undefined.
     """
+    if paired:
+        from esr_local.paired import paired_cli
+
+        with open_store(db, create=False) as store:
+            click.echo(paired_cli(store, runs, judge=judge, exclude_flagged=exclude_flagged, as_json=json_))
+        return
     with open_store(db, create=False) as store:
         rows = metrics_for_store(store, list(runs) if runs else None, judge=judge, exclude_flagged=exclude_flagged)
         flagged = flagged_latents(store, sorted({r["run_id"] for r in rows}))

@@ -33,13 +33,15 @@ RESUME_CONFLICTS = (
     "judge_model_path", "judge_base_url", "rubric", "judge_timeout", "restart_gating", "allow_weak_judge",
     "skip_judge_check", "model", "quant", "catalog", "n_ctx", "chat_mode", "boost_lower", "boost_upper",
     "boost_prior_mean", "boost_prior_std", "temperature", "max_tokens", "repetition_penalty", "top_k", "top_p", "min_p",
+    "ablate", "ablate_set", "ablate_random", "ablate_seed", "ablate_order",
 )
 
 
 # What a replay takes from its source run (only conditions, the judge and how to run may differ).
 REPLAY_CONFLICTS = tuple(n for n in RESUME_CONFLICTS if n not in (
     "conditions", "meta_prompts", "meta_prompts_file", "replay_run", "parallel", "judge", "judge_model_path",
-    "judge_base_url", "rubric", "judge_timeout", "restart_gating", "allow_weak_judge", "skip_judge_check"))
+    "judge_base_url", "rubric", "judge_timeout", "restart_gating", "allow_weak_judge", "skip_judge_check",
+    "ablate", "ablate_set", "ablate_random", "ablate_seed", "ablate_order"))
 
 
 def given_options(ctx: click.Context, names) -> list[str]:
@@ -72,6 +74,13 @@ def given_options(ctx: click.Context, names) -> list[str]:
 @click.option("--sweep-levels", type=click.IntRange(0), default=0, help="Add a boost sweep: N levels from mean-3sd to mean+3sd of the calibrated boosts.")
 @click.option("--replay", "replay_run", default=None, help="Reuse an earlier run's latents, boosts, prompts and seeds with new conditions.")
 @click.option("--resume", "resume_run", default=None, help="Continue a run that stopped (killed, Ctrl-C, error, partial).")
+@click.option("--ablate", type=click.IntRange(min=0), multiple=True, help="With --replay: zero-ablate this latent in the graph (repeatable).")
+@click.option("--ablate-set", default=None, help="With --replay: ablate a stored detector set (esr-local detectors find).")
+@click.option("--ablate-random", type=click.IntRange(min=1), default=None,
+              help="With --replay: ablate K random non-detector (of --ablate-set, if given), non-dead latents (control).")
+@click.option("--ablate-seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of --ablate-random.")
+@click.option("--ablate-order", type=click.Choice(["pre", "post"]), default="pre", show_default=True,
+              help="Encode ablated latents before (paper) or after the steering vector.")
 @click.option("--target-score", type=click.FloatRange(0, 1), default=0.30, show_default=True, help="Calibration target (first-attempt score / 100).")
 @click.option("--calibration-steps", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--calibration-samples", type=click.IntRange(1), default=None, help="Prompts averaged per bisection step (catalog default).")

@@ -76,6 +76,11 @@ class RunOptions:
     parallel: int = 2
     replay_run: str | None = None
     calibrate_only: bool = False
+    ablate: list[int] = field(default_factory=list)  # in-graph ablation (esr_local.ablation_runs); needs replay_run
+    ablate_set: str | None = None
+    ablate_random: int | None = None
+    ablate_seed: int = 0
+    ablate_order: str = "pre"
 
     def check(self) -> None:
         """Combinations that cannot apply are errors, not silently dropped."""
@@ -87,6 +92,8 @@ class RunOptions:
             raise UserInputError("--replay reuses the source run's latents; drop --latent/--n-latents/--latent-set")
         if self.replay_run and self.boost is not None:
             raise UserInputError("--replay reuses the source run's boosts; drop --boost")
+        if (self.ablate or self.ablate_set or self.ablate_random is not None) and not self.replay_run:
+            raise UserInputError("an ablation run replays an earlier run's trials so they pair up: add --replay RUN")
         if self.seed is not None:
             check_seed(self.seed)
         if self.sweep_levels < 0 or self.prompts_per_latent < 1 or self.replicates < 1 or self.parallel < 1:
@@ -223,6 +230,10 @@ def create_run(store, opts: RunOptions, command_line: list[str] | None = None,
                         key=judge_key(desc), check=check)
         spec = (_replay_spec(replay_base, replay, opts, conditions, meta, jref) if replay_base is not None
                 else _new_spec(store, opts, conditions, meta, seed, jref))
+        if opts.ablate or opts.ablate_set or opts.ablate_random is not None:
+            from ..ablation_runs import with_ablation
+
+            spec = with_ablation(store, spec, opts)
     except BaseException:
         judge.close()
         raise

@@ -136,6 +136,10 @@ class _Execution:
                           chat_template=spec.model.chat_template)
         try:
             check_sae_fits(sae, lm.n_embd, spec.model.name)
+            if spec.ablation:
+                from ..ablation_runs import ablation_for_spec
+
+                lm.set_ablation(ablation_for_spec(spec.ablation, sae))
             if self.judge is None:
                 self.judge = build_judge(spec.judge, n_threads=spec.runtime.get("threads"))
             from .spec import judge_key

@@ -89,6 +89,7 @@ class RunSpec:
     replay: dict | None = None  # {"source_run": id, "rows": [...], "boosts": {latent: boost}}
     version: int = SPEC_VERSION
     runtime: dict = field(default_factory=dict)  # threads, gpu_layers: how, not what (a resume may change them)
+    ablation: dict | None = None  # {"latents", "source", "order", "layer"}: zero-ablated in the graph (ablation_runs)
 
     def label(self, latent: int) -> str:
         """The label of a latent as the judge sees it."""
