@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from esr_local.judge.check import THRESHOLDS, default_cases_path, load_cases, run_check
+from esr_local.judge.check import THRESHOLDS, default_cases_path, load_cases, run_check, save_check
 
 from .judge_options import judge_from_options, judge_options
 
@@ -33,13 +33,15 @@ def check_command(cases_file, as_json, **judge_kw):
     first-attempt scores and the share of derail -> answer cases whose last score beats the first.
 
     Exit status: 0 when every threshold is met (multi-attempt accuracy >= 0.9, AUC >= 0.9, improvement >= 0.8),
-    3 when the check ran but the judge missed one, 1 on an error."""
+    3 when the check ran but the judge missed one, 1 on an error. The result is cached like the check that
+    `run` and `calibrate` make, so they reuse it."""
     cases = load_cases(cases_file)  # validated before any model is loaded
     judge = judge_from_options(**judge_kw)
     try:
         progress = (lambda i, n: click.echo(f"\rjudged {i}/{n}", err=True, nl=i == n)) if sys.stderr.isatty() else None
         report = run_check(judge, cases, on_case=progress)
         desc = judge.describe()
+        save_check(judge, report.summary, cases_file)  # `run` / `calibrate` reuse it instead of checking again
     finally:
         judge.close()
     s = report.summary

@@ -193,6 +193,8 @@ def test_cli_judge_check_json_shape(tmp_path):
     assert out["judge"]["backend"] == "offline"
     assert out["summary"]["first_auc"] == 1.0
     assert result.exit_code == 0  # every threshold met
+    (cached,) = (tmp_path / "home" / "judge-checks").glob("offline-*.json")  # reused by run / calibrate
+    assert json.loads(cached.read_text())["summary"] == out["summary"]
 
 
 def test_cli_judge_check_bad_file_is_one_error_line(tmp_path):

@@ -224,13 +224,12 @@ def ensure_judge_checked(judge, *, allow_weak: bool, skip: bool, echo: Callable[
     key = judge_check_key(judge, path)
     if skip:
         return {"status": "skipped", "summary": None, "key": key}
-    cache = data_dir() / "judge-checks" / f"{key}.json"
-    summary = _read_cached(cache)
+    summary = _read_cached(_cache_path(key))
     if summary is None:
         cases = load_cases(path)
         echo(f"Checking the judge on {len(cases)} annotated cases (once per judge; cached)...")
         summary = run_check(judge, cases).summary
-        _write_json(cache, {"key": key, "judge": judge.describe(), "summary": summary})
+        save_check(judge, summary, path)
     if summary.get("passed"):
         return {"status": "passed", "summary": summary, "key": key}
     text = format_figures(summary)
@@ -239,6 +238,19 @@ def ensure_judge_checked(judge, *, allow_weak: bool, skip: bool, echo: Callable[
         return {"status": "weak-allowed", "summary": summary, "key": key}
     raise WeakJudgeError(f"the judge misses the judge-check thresholds ({text}); choose a stronger judge, "
                          "or pass --allow-weak-judge to use it anyway (recorded on the run)")
+
+
+def save_check(judge, summary: dict[str, Any], cases_path: str | os.PathLike[str] | None = None) -> Path:
+    """Cache a check's summary for this judge and case file (what `ensure_judge_checked` reads)."""
+    path = Path(cases_path) if cases_path is not None else default_cases_path()
+    key = judge_check_key(judge, path)
+    target = _cache_path(key)
+    _write_json(target, {"key": key, "judge": judge.describe(), "summary": summary})
+    return target
+
+
+def _cache_path(key: str) -> Path:
+    return data_dir() / "judge-checks" / f"{key}.json"
 
 
 def format_figures(summary: dict[str, Any]) -> str:
