@@ -159,19 +159,19 @@ def test_rate_limiter_spaces_starts_exactly():
 
 
 def test_rate_limit_applies_across_worker_threads():
-    starts = []
+    waits = []
     lock = threading.Lock()
 
-    def call():
+    def sleep(s):  # a frozen clock: every wait is exactly the slot's distance from "now"
         with lock:
-            starts.append(time.monotonic())
+            waits.append(round(s, 9))
 
-    with JudgePool(workers=4, rate=20.0) as pool:
-        pool.submit_group([call] * 6, lambda r: None)
+    limiter = RateLimiter(20.0, clock=lambda: 0.0, sleep=sleep)
+    with JudgePool(workers=4, limiter=limiter) as pool:
+        pool.submit_group([lambda: None] * 6, lambda r: None)
         pool.drain()
-    starts.sort()
-    gaps = [b - a for a, b in zip(starts, starts[1:])]
-    assert min(gaps) >= 0.045  # 1/20 s apart (a little slack for the clock), even with 4 threads
+    # 6 starts from 4 threads took the slots 0, 1/20, ..., 5/20 s: one each, none shared
+    assert sorted(waits) == [0.05, 0.1, 0.15, 0.2, 0.25]
 
 
 def test_settings_per_backend_and_overrides(monkeypatch):

@@ -116,9 +116,9 @@ class JudgePool:
     """A small bounded thread pool whose groups of calls complete, on the caller's thread, in order."""
 
     def __init__(self, workers: int = DEFAULT_WORKERS, rate: float | None = None, *,
-                 backlog: int | None = None) -> None:
+                 backlog: int | None = None, limiter: RateLimiter | None = None) -> None:
         self.workers = max(0, int(workers))
-        self.limiter = RateLimiter(rate)
+        self.limiter = limiter or RateLimiter(rate)
         self.backlog = backlog if backlog is not None else max(1, self.workers * BACKLOG_PER_WORKER)
         self._groups: deque[_Group] = deque()
         self._queued = 0  # calls submitted and not yet finished
