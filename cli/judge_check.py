@@ -57,7 +57,8 @@ def check_command(cases_file, as_json, **judge_kw):
             click.echo(f"  {name:38s} {shown:>6s}  {need}")
         bad = [r for r in report.cases if _failing(r)]
         if bad:
-            click.echo(f"Failing cases ({len(bad)}):")
+            click.echo(f"Cases judged wrong ({len(bad)}; attempt count, a score on the wrong side of 50, "
+                       "or no improvement):")
             for r in bad:
                 got = r["error"] or f"{r['attempts']} attempt(s), scores {r['scores']}"
                 click.echo(f"  {r['id']}: expected {r['expected_attempts']} attempt(s) "
