@@ -14,7 +14,7 @@ import click
 from esr_local import __version__
 from esr_local.errors import EsrError
 
-from . import activations, calibrate, detectors, doctor, importcmd, judge, latents, metrics, models, report, run, runs, steer, trials, vector
+from . import activations, calibrate, detectors, doctor, importcmd, judge, latents, metrics, models, report, run, runs, steer, trace, trials, vector
 
 
 class EsrGroup(click.Group):
@@ -65,6 +65,6 @@ def main(offline: bool = False) -> None:
         os.environ["HF_HUB_OFFLINE"] = "1"
 
 
-for _module in (steer, vector, models, run, calibrate, metrics, importcmd, runs, report, trials, doctor, judge, activations, latents, detectors):
+for _module in (steer, vector, models, run, calibrate, metrics, importcmd, runs, report, trials, doctor, judge, activations, latents, detectors, trace):
     for _command in _module.commands:
         main.add_command(_command)
