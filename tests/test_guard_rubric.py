@@ -70,3 +70,34 @@ def test_rubric_files(tmp_path):
         bad.write_text(content)
         with pytest.raises(FormatError, match=message):
             load_rubric_file(bad)
+
+
+def test_rubric_file_messages_in_full(tmp_path):
+    fields = "system, instructions, prompt_line, response_line, label_line"
+    with pytest.raises(MissingResourceError, match=r"^rubric '.*nope\.toml' is neither 'default', 'paper' nor an "
+                                                   r"existing file; give --rubric default\|paper\|FILE\.toml$"):
+        load_rubric_file(tmp_path / "nope.toml")
+    with pytest.raises(UserInputError, match=r"^cannot read rubric file .*: Is a directory$"):
+        load_rubric_file(tmp_path)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("= nope")
+    with pytest.raises(FormatError, match=r"^rubric file .*bad\.toml is not valid TOML: "):
+        load_rubric_file(bad)
+    js = tmp_path / "bad.json"
+    js.write_text("[1]")
+    with pytest.raises(FormatError, match=rf"^rubric file .*bad\.json must hold an object with {fields}$"):
+        load_rubric_file(js)
+    js.write_text(json.dumps({"system": "s", "zeta": 1, "alpha": 2}))
+    with pytest.raises(FormatError, match=rf": missing instructions, prompt_line, response_line, label_line; unknown "
+                                          rf"alpha, zeta \(keys: {fields}, optional id\)$"):
+        load_rubric_file(js)
+    js.write_text(json.dumps({**TEXTS, "zeta": 1}))
+    with pytest.raises(FormatError, match=rf"bad\.json: unknown zeta \(keys: {fields}, optional id\)$"):
+        load_rubric_file(js)
+    js.write_text(json.dumps({**TEXTS, "id": " "}))
+    with pytest.raises(FormatError, match=r"bad\.json: id must be a non-empty string$"):
+        load_rubric_file(js)
+    js.write_text(json.dumps({**TEXTS, "label_line": "L"}))
+    with pytest.raises(FormatError, match=r"lacks the placeholder \{label\}; each of prompt_line, response_line and "
+                                          r"label_line must hold its own placeholder$"):
+        load_rubric_file(js)
