@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from . import __version__
 from .atomic import atomic_path
 from .cvec import check_scale
 from .errors import FormatError, MissingResourceError, UserInputError
+from .gguf_check import check_gguf_layout
 from .layers import gguf_tensor_name, layer_from_gguf_tensor_name
 
 ARCH = "controlvector"
@@ -149,7 +149,7 @@ def read_gguf(path: str | Path) -> ControlVector:
         raise UserInputError(f"{path} is a folder; give a control-vector .gguf file")
     if not path.is_file():
         raise MissingResourceError(f"vector file not found: {path}")
-    _check_gguf_header(path)
+    check_gguf_layout(path)
     try:
         reader = gguf.GGUFReader(str(path))
     except Exception:  # gguf-py raises ValueError/IndexError/... on truncated or corrupt files
@@ -194,29 +194,6 @@ def read_gguf(path: str | Path) -> ControlVector:
     arch = _field_str(reader, "general.architecture")
     prov.setdefault("general.architecture", arch)
     return ControlVector(directions, _field_str(reader, f"{ARCH}.model_hint") or "", prov)
-
-
-_GGUF_MAGIC = b"GGUF"
-# A control vector holds a few tensors and keys; counts far beyond what the file's bytes could describe are
-# corrupt headers, refused before gguf-py sizes arrays from them.
-_MIN_TENSOR_INFO_BYTES = 8 + 1 + 4 + 8 + 4 + 8
-_MIN_KV_BYTES = 8 + 1 + 4
-
-
-def _check_gguf_header(path: Path) -> None:
-    """FormatError unless the file starts like a GGUF v2/v3 file whose counts fit in its size."""
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        head = fh.read(24)
-    if len(head) < 24 or head[:4] != _GGUF_MAGIC:
-        what = "empty" if size == 0 else "truncated" if head[:4] == _GGUF_MAGIC else "not a GGUF file"
-        raise FormatError(f"{path} is {what}; give a control vector written by `esr-local vector export`")
-    version, n_tensors, n_kv = struct.unpack("<IQQ", head[4:24])
-    if version not in (2, 3):
-        raise FormatError(f"{path}: GGUF version {version} is not supported (2 or 3), or the file is corrupt")
-    if n_tensors * _MIN_TENSOR_INFO_BYTES + n_kv * _MIN_KV_BYTES > size:
-        raise FormatError(f"{path}: the GGUF header claims {n_tensors} tensors and {n_kv} keys, more than its "
-                          f"{size} bytes can hold; the file is corrupt or truncated")
 
 
 def _clean_provenance(prov: dict) -> dict:

@@ -27,7 +27,7 @@ def saelens_folder(path: Path, cfg_changes: dict | None = None, w_dec: np.ndarra
     return path
 
 
-def safetensors_bytes(header: dict, data: bytes = b"\0" * 32) -> bytes:
+def safetensors_bytes(header: dict, data: bytes = b"\0" * 64) -> bytes:
     """A safetensors file with the given (possibly lying) JSON header."""
     raw = json.dumps(header).encode()
     return struct.pack("<Q", len(raw)) + raw + data
@@ -45,7 +45,7 @@ def _entry(dtype: str, shape, offsets) -> dict:
     return {"dtype": dtype, "shape": shape, "data_offsets": offsets}
 
 
-GOOD_ENC = _entry("F32", [4, 2], [0, 32])
+GOOD_ENC = _entry("F32", [4, 2], [32, 64])
 BAD_HEADERS = {
     "offset past the end": {"W_dec": _entry("F32", [2, 4], [0, 10**12]), "W_enc": GOOD_ENC},
     "negative shape": {"W_dec": _entry("F32", [-2, 4], [0, 32]), "W_enc": GOOD_ENC},

@@ -160,7 +160,7 @@ CASES["export: output is empty"] = ([*EXPORT[:-2], "-o", "", "--sae", "{sae}"], 
 for name, needle in {"nan_vec": "NaN or infinite", "truncated_vec": "truncated", "empty_vec": "is empty", "short_vec": "truncated",
                      "v9_vec": "version 9", "f16_vec": "F16", "d0_vec": "direction.0", "2d_vec": "not 1-D",
                      "mixed_vec": "different lengths", "empty_dirs_vec": "not a valid control-vector direction", "many_tensors_vec": "claims",
-                     "many_keys_vec": "claims", "long_string_vec": "truncated or not a GGUF", }.items():
+                     "many_keys_vec": "claims", "long_string_vec": "truncated or corrupt"}.items():
     CASES[f"inspect: {name}"] = (["vector", "inspect", f"{{root}}/{name}.gguf"], needle)
     CASES[f"inspect --json: {name}"] = (["vector", "inspect", "--json", f"{{root}}/{name}.gguf"], needle)
 CASES["inspect: a folder"] = (["vector", "inspect", "{root}/a_folder"], "is a folder")

@@ -41,7 +41,7 @@ class _CompressedNpyTensor(Tensor):
             try:
                 with zipfile.ZipFile(self._path) as zf, zf.open(self._member) as fh:
                     self._mem = MemoryTensor(npy_format.read_array(fh, allow_pickle=False), self.dtype)
-            except (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error) as e:
+            except (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error, NotImplementedError) as e:
                 raise FormatError(f"{self._path}: member {self._member} could not be inflated ({e})") from None
         return self._mem
 
@@ -65,12 +65,17 @@ class _CompressedNpyTensor(Tensor):
 
 
 def _read_npy_header(fh) -> tuple[tuple[int, ...], bool, np.dtype]:
-    version = npy_format.read_magic(fh)
-    if version == (1, 0):
-        return npy_format.read_array_header_1_0(fh)
-    if version == (2, 0):
-        return npy_format.read_array_header_2_0(fh)
-    return npy_format._read_array_header(fh, version)  # (3, 0): same as 2.0 with a UTF-8 header
+    try:
+        version = npy_format.read_magic(fh)
+        if version == (1, 0):
+            return npy_format.read_array_header_1_0(fh)
+        if version == (2, 0):
+            return npy_format.read_array_header_2_0(fh)
+        return npy_format._read_array_header(fh, version)  # (3, 0): same as 2.0 with a UTF-8 header
+    except (ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile):
+        raise
+    except Exception as e:  # numpy parses the header text as a Python literal: SyntaxError, TokenError, ...
+        raise ValueError(f"unreadable .npy header ({type(e).__name__})") from None
 
 
 def _dtype_name(dt: np.dtype, where: str) -> tuple[str, str]:
@@ -111,7 +116,7 @@ def read_npz(path: Path) -> dict[str, Tensor]:
                     out[name] = _CompressedNpyTensor(path, info.filename, tuple(shape), dtype)
     except FormatError:
         raise
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error) as e:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error, NotImplementedError) as e:
         raise FormatError(f"{path} is not a readable .npz archive ({e}); download it again") from None
     return out
 

@@ -256,10 +256,13 @@ class SafetensorsTensor(Tensor):
         self.shape = tuple(int(s) for s in shape)
 
     def _with_slice(self, fn):
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(self.path, framework="numpy") as f:
-            return fn(f.get_slice(self.name))
+        try:
+            with safe_open(self.path, framework="numpy") as f:
+                return fn(f.get_slice(self.name))
+        except (SafetensorError, OSError) as e:  # a file changed or corrupted after it was opened
+            raise FormatError(f"{self.path}: tensor {self.name!r} could not be read ({e}); download the file again") from None
 
     def read(self) -> np.ndarray:
         return self._with_slice(lambda s: np.array(s[:], dtype=np.float32))
@@ -339,7 +342,20 @@ def open_safetensors(path: str | Path) -> dict[str, Tensor]:
             out[name] = FileTensor(path, data_start + begin, dtype, shape, what=f"tensor {name!r}")
         else:
             out[name] = SafetensorsTensor(path, name, dtype, shape)
+    if any(isinstance(t, SafetensorsTensor) for t in out.values()):
+        _check_with_safetensors(path)
     return out
+
+
+def _check_with_safetensors(path: Path) -> None:
+    """Let the safetensors library validate the header too (it also refuses gaps between tensors)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy"):
+            pass
+    except (SafetensorError, OSError) as e:
+        raise FormatError(f"{path} is not a readable safetensors file ({e}); download it again") from None
 
 
 def zip_member_data_offset(path: str | Path, info: zipfile.ZipInfo) -> int:

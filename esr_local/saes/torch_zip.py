@@ -186,7 +186,7 @@ def read_torch_zip(path: str | Path) -> dict[str, FileTensor]:
             f"{path} is not a readable zip/torch archive ({e}). If it is a legacy (pre-1.6) torch file, re-save it with "
             "a recent torch.save; if it was downloaded, it may be truncated: download it again"
         ) from None
-    except (OSError, zlib.error, EOFError) as e:
+    except (OSError, zlib.error, EOFError, NotImplementedError, ValueError) as e:
         raise FormatError(f"{path} could not be read as a zip archive ({e}); download it again") from None
     if byteorder not in ("little", "big"):
         raise FormatError(f"{path}: unknown byteorder {byteorder!r}")
