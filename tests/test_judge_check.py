@@ -206,3 +206,12 @@ def test_cli_judge_check_bad_file_is_one_error_line(tmp_path):
     assert result.exit_code == 1
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error:") and "line 2: not valid JSON" in lines[0]
+
+
+def test_development_cases_are_separate_from_the_shipped_set():
+    from pathlib import Path
+
+    dev = load_cases(Path(__file__).parent / "fixtures" / "judge_dev_cases.jsonl")
+    shipped = load_cases()
+    assert not {c.response for c in dev} & {c.response for c in shipped}
+    assert not {c.prompt for c in dev} & {c.prompt for c in shipped}  # not even the same prompts
