@@ -18,7 +18,7 @@ import numpy as np
 from . import __version__
 from .atomic import atomic_path
 from .cvec import check_scale
-from .errors import FormatError, MissingResourceError, UserInputError
+from .errors import FormatError, MissingResourceError, UserInputError, WriteError
 from .gguf_check import check_gguf_layout
 from .layers import gguf_tensor_name, layer_from_gguf_tensor_name
 
@@ -106,7 +106,21 @@ def write_gguf(cv: ControlVector, path: str | Path) -> Path:
             raise UserInputError(f"direction {layer} holds NaN or infinite values; llama.cpp cannot steer with it")
     with atomic_path(path) as tmp:  # the path as given: an empty name is refused, not read as "."
         _write_gguf_file(cv, tmp)
+        _verify_written(cv, tmp, path)
     return Path(path).expanduser()
+
+
+def _verify_written(cv: ControlVector, tmp: Path, path: str | Path) -> None:
+    """Read the new file back before it replaces `path`: gguf-py writes tensors with numpy's tofile, which
+    ignores a full disk, so a short file would otherwise pass for a good one."""
+    try:
+        back = read_gguf(tmp)
+        same = sorted(back.directions) == sorted(cv.directions) and all(
+            np.array_equal(back.directions[k], np.asarray(v, np.float32)) for k, v in cv.directions.items())
+    except FormatError:
+        same = False
+    if not same:
+        raise WriteError(f"could not write {path}: the file came out incomplete (is the disk full?); nothing was written there")
 
 
 def _write_gguf_file(cv: ControlVector, path: Path) -> None:

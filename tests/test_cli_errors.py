@@ -111,3 +111,20 @@ def test_real_process_exit_code_and_stderr(files):
     assert p.returncode == 1
     assert p.stdout == ""
     assert p.stderr.strip().count("\n") == 0 and p.stderr.startswith("Error:")
+
+
+def test_read_commands_print_json(tmp_path):
+    """`models --json` and `vector inspect --json` print one JSON document with the fields the tables show."""
+    r = CliRunner().invoke(main, ["models", "--json"])
+    assert r.exit_code == 0, r.output
+    models = json.loads(r.output)
+    assert any(m["name"] == "smollm2-135m-instruct" for m in models)
+    from esr_local.vectors import ControlVector, write_gguf
+
+    path = write_gguf(ControlVector({4: np.full(576, 0.5, np.float32)}, "llama", {"latents": [7], "scales": [2.0]}),
+                      tmp_path / "v.gguf")
+    r = CliRunner().invoke(main, ["vector", "inspect", "--json", str(path)])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.output)
+    assert info["layers"] == [4] and info["n_embd"] == 576 and info["model_hint"] == "llama"
+    assert abs(info["norms"]["4"] - 12.0) < 1e-5 and info["provenance"]["latents"] == [7]
