@@ -150,7 +150,11 @@ def select_latents(
     dead = dead_latents(sae) | {i for i in concrete if not np.any(sae.decoder_row(i))}
     residuals = [r.residual for r in read_residuals(model, prompts, layer, mode="user" if model.chat_mode != "raw" else "raw")]
     if relevance.mode == "strict":
-        maxima = np.stack([sae.encode(r, concrete).max(axis=0) for r in residuals]) if concrete else np.zeros((len(residuals), 0))
+        maxima = np.zeros((len(residuals), 0), np.float32)
+        if concrete:  # one encode of all prompts' tokens, then the max per prompt
+            acts = sae.encode(np.concatenate(residuals), concrete)
+            starts = np.concatenate(([0], np.cumsum([len(r) for r in residuals])[:-1]))
+            maxima = np.maximum.reduceat(acts, starts, axis=0)
         relevant = {i for k, i in enumerate(concrete) if np.any(maxima[:, k] != 0)}
         per = {i: float(maxima[:, k].max()) for k, i in enumerate(concrete)}
     else:
