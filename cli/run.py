@@ -33,7 +33,7 @@ RESUME_CONFLICTS = (
     "judge_model_path", "judge_base_url", "rubric", "judge_timeout", "restart_gating", "allow_weak_judge",
     "skip_judge_check", "model", "quant", "catalog", "n_ctx", "chat_mode", "boost_lower", "boost_upper",
     "boost_prior_mean", "boost_prior_std", "temperature", "max_tokens", "repetition_penalty", "top_k", "top_p", "min_p",
-    "ablate", "ablate_set", "ablate_random", "ablate_seed", "ablate_order",
+    "ablate", "ablate_set", "ablate_random", "ablate_seed", "ablate_order", "prefill",
 )
 
 
@@ -41,7 +41,7 @@ RESUME_CONFLICTS = (
 REPLAY_CONFLICTS = tuple(n for n in RESUME_CONFLICTS if n not in (
     "conditions", "meta_prompts", "meta_prompts_file", "replay_run", "parallel", "judge", "judge_model_path",
     "judge_base_url", "rubric", "judge_timeout", "restart_gating", "allow_weak_judge", "skip_judge_check",
-    "ablate", "ablate_set", "ablate_random", "ablate_seed", "ablate_order"))
+    "ablate", "ablate_set", "ablate_random", "ablate_seed", "ablate_order", "prefill"))
 
 
 def given_options(ctx: click.Context, names) -> list[str]:
@@ -78,6 +78,8 @@ def given_options(ctx: click.Context, names) -> list[str]:
 @click.option("--ablate-set", default=None, help="With --replay: ablate a stored detector set (esr-local detectors find).")
 @click.option("--ablate-random", type=click.IntRange(min=1), default=None,
               help="With --replay: ablate K random non-detector (of --ablate-set, if given), non-dead latents (control).")
+@click.option("--prefill", is_flag=True, help="With --replay: the prefill controls (prefill:first-attempt, "
+              "prefill:matched), continued unsteered, paired with the source run's steered trials.")
 @click.option("--ablate-seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of --ablate-random.")
 @click.option("--ablate-order", type=click.Choice(["pre", "post"]), default="pre", show_default=True,
               help="Encode ablated latents before (paper) or after the steering vector.")

@@ -11,6 +11,9 @@ from esr_local.errors import UserInputError
 from esr_local.prefill import first_attempt, generate_after_prefix, prefill_pair, prefix_tokens
 from esr_local.sampling import SamplingParams
 
+from test_ablation import firing_sae  # noqa: F401 - fixture of source_run
+from test_ablation_runs import source_run  # noqa: F401
+
 PROMPT = "How do I boil an egg?"
 GREEDY = SamplingParams(temperature=0.0, max_tokens=14)
 
@@ -57,3 +60,39 @@ def test_first_attempt_and_bad_prefixes(smollm2):
         first_attempt(resp, ["Dogs bark."])
     with pytest.raises(UserInputError, match="non-empty prefix"):
         generate_after_prefix(smollm2, PROMPT, "", GREEDY, 0)
+
+
+def test_prefill_run_pairs_with_the_steered_source(source_run):  # noqa: F811
+    import json
+    import sqlite3
+
+    from click.testing import CliRunner
+
+    from esr_local.cli import main
+
+    db, src = source_run
+    res = CliRunner().invoke(main, ["run", "--db", str(db), "--replay", src, "--prefill", "--skip-judge-check", "--json"])
+    assert res.exit_code == 0, res.output
+    rid = json.loads(res.output[res.output.index("{"):])["summary"]["run_id"]
+    con = sqlite3.connect(db)
+    spec = json.loads(con.execute("SELECT spec_json FROM runs WHERE id = ?", (rid,)).fetchone()[0])
+    assert spec["conditions"] == ["prefill:first-attempt", "prefill:matched"] and spec["prefill"]["prefixes"]
+    src_rows = {(r[0], r[1], r[2]): r[3] for r in con.execute(
+        "SELECT latent, prompt_index, seed, response FROM trials WHERE run_id = ?", (src,))}
+    rows = con.execute("SELECT condition, latent, prompt_index, seed, boost, response, prompt_tokens FROM trials "
+                       "WHERE run_id = ? ORDER BY latent, prompt_index, condition", (rid,)).fetchall()
+    assert rows and {r[0] for r in rows} == {"prefill:first-attempt", "prefill:matched"}
+    by = {}
+    for cond, lat, pi, seed, boost, resp, ptoks in rows:
+        assert (lat, pi, seed) in src_rows and boost == 0.0
+        prefix = spec["prefill"]["prefixes"][f"{lat}:{pi}:0"]
+        assert src_rows[(lat, pi, seed)].startswith(prefix)
+        if cond == "prefill:first-attempt":
+            assert resp.startswith(prefix)  # the stored turn starts with the exact off-topic prefix
+        by.setdefault((lat, pi), {})[cond] = ptoks
+    for conds in by.values():  # same context length: the matched prefix has the off-topic prefix's token count
+        assert conds["prefill:first-attempt"] == conds["prefill:matched"]
+    cmp = CliRunner().invoke(main, ["metrics", "--db", str(db), "--paired", f"{src}:steered",
+                                    f"{rid}:prefill:first-attempt", "--json"])
+    assert cmp.exit_code == 0, cmp.output
+    assert json.loads(cmp.output)["pairs"] == len(by)

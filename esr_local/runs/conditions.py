@@ -14,7 +14,8 @@ from ..errors import UserInputError
 from ..prompts import apply_meta_prompt
 
 KINDS = ("steered", "baseline", "meta", "sweep", "imported", "ablation", "prefill")
-_WITH_ARG = ("meta", "sweep")
+_WITH_ARG = ("meta", "sweep", "prefill")
+PREFILL_ARGS = ("first-attempt", "matched")  # esr_local.prefill_runs: off-topic prefix / length-matched on-topic
 USER_KINDS = ("steered", "baseline", "meta")  # what `--condition` may name; sweeps come from --sweep-levels
 
 
@@ -31,6 +32,8 @@ class Condition:
         if (self.kind in _WITH_ARG) != bool(self.arg):
             form = f"{self.kind}:<{'id' if self.kind == 'meta' else 'level'}>" if self.kind in _WITH_ARG else self.kind
             raise UserInputError(f"condition {self.name!r} is malformed; write it as {form}")
+        if self.kind == "prefill" and self.arg not in PREFILL_ARGS:
+            raise UserInputError(f"prefill condition {self.name!r} must be prefill:first-attempt or prefill:matched")
         if self.kind == "sweep" and not str(self.arg).isdigit():
             raise UserInputError(f"sweep condition {self.name!r} needs a level index (sweep:0, sweep:1, ...)")
 
@@ -59,7 +62,7 @@ class Condition:
     @property
     def steers(self) -> bool:
         """Whether the condition applies the latent's direction (only the baseline does not)."""
-        return self.kind != "baseline"
+        return self.kind not in ("baseline", "prefill")  # prefill conditions continue unsteered
 
     @property
     def sort_key(self) -> tuple:
@@ -69,7 +72,7 @@ class Condition:
 
     def boost(self, latent_boost: float, levels: list[float]) -> float:
         """The boost this condition steers with: 0 for the baseline, a sweep level, else the latent's boost."""
-        if self.kind == "baseline":
+        if self.kind in ("baseline", "prefill"):
             return 0.0
         if self.kind == "sweep":
             return levels[int(self.arg)]

@@ -81,6 +81,7 @@ class RunOptions:
     ablate_random: int | None = None
     ablate_seed: int = 0
     ablate_order: str = "pre"
+    prefill: bool = False  # with replay_run: the prefill conditions of esr_local.prefill_runs
 
     def check(self) -> None:
         """Combinations that cannot apply are errors, not silently dropped."""
@@ -92,6 +93,8 @@ class RunOptions:
             raise UserInputError("--replay reuses the source run's latents; drop --latent/--n-latents/--latent-set")
         if self.replay_run and self.boost is not None:
             raise UserInputError("--replay reuses the source run's boosts; drop --boost")
+        if self.prefill and not self.replay_run:
+            raise UserInputError("a prefill run replays an earlier run's steered trials: add --replay RUN")
         if (self.ablate or self.ablate_set or self.ablate_random is not None) and not self.replay_run:
             raise UserInputError("an ablation run replays an earlier run's trials so they pair up: add --replay RUN")
         if self.seed is not None:
@@ -234,6 +237,10 @@ def create_run(store, opts: RunOptions, command_line: list[str] | None = None,
             from ..ablation_runs import with_ablation
 
             spec = with_ablation(store, spec, opts)
+        if opts.prefill:
+            from ..prefill_runs import with_prefill
+
+            spec = with_prefill(store, spec)
     except BaseException:
         judge.close()
         raise

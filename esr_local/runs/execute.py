@@ -232,7 +232,12 @@ class _Execution:
         gens = {}
         if fits:
             try:
-                out = lm.generate_many([t.prompt for t in fits], self.spec.sampling, [t.seed for t in fits])
+                if self.spec.prefill and fits[0].condition.startswith("prefill:"):
+                    from ..prefill_runs import generate_prefilled
+
+                    out = generate_prefilled(lm, self.spec, fits)
+                else:
+                    out = lm.generate_many([t.prompt for t in fits], self.spec.sampling, [t.seed for t in fits])
                 gens = {t.key: g for t, g in zip(fits, out)}
             except EsrError as exc:
                 errors.update({t.key: str(exc) for t in fits})

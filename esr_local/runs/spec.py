@@ -90,6 +90,7 @@ class RunSpec:
     version: int = SPEC_VERSION
     runtime: dict = field(default_factory=dict)  # threads, gpu_layers: how, not what (a resume may change them)
     ablation: dict | None = None  # {"latents", "source", "order", "layer"}: zero-ablated in the graph (ablation_runs)
+    prefill: dict | None = None  # {"prefixes": {"latent:prompt:replicate": text}}: prefill conditions (prefill_runs)
 
     def label(self, latent: int) -> str:
         """The label of a latent as the judge sees it."""
