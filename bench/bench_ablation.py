@@ -1,6 +1,6 @@
 """Benchmark: decode speed with in-graph ablation (0 vs 26 ablated latents) and the eval callback's cost.
 
-    .venv/bin/python bench/bench_ablation.py [--tokens 64] [--pairs 5] [--latents 26] [--json OUT]
+    .venv/bin/python bench/bench_ablation.py [--tokens 64] [--pairs 5] [--latents 26] [--order post] [--json OUT]
 
 On the default model (SmolLM2-135M-Instruct Q4_1) and its catalog SAE (shipped concept dictionary, layer 12),
 steered with latent 0 at the catalog's prior boost: interleaved greedy generations of exactly N tokens
@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--pairs", type=int, default=5)
     ap.add_argument("--latents", type=int, default=26)
+    ap.add_argument("--order", choices=["pre", "post"], default="post")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     entry = get_entry(DEFAULT_MODEL)
@@ -56,7 +57,8 @@ def main() -> None:
     m = SteeredModel(resolved.path, n_ctx=1024, chat_template=entry.chat_template)
     boost = float(entry.defaults.boost_prior_mean or 4.0)
     m.set_directions({layer: sae.decoder_row(0) * boost})
-    abl = TimedAblation(sae, list(range(1, 1 + min(a.latents, sae.d_sae - 1))), layer)
+    # Latents 0..K-1: the steered latent 0 among them, so (in the post order) the write-back path runs too.
+    abl = TimedAblation(sae, list(range(min(a.latents, sae.d_sae))), layer, order=a.order)
     sp = SamplingParams(temperature=0.0, max_tokens=a.tokens)
     m.generate(PROMPT, sp, 0)  # warm-up
     plain, ablated, ratios, cb_ms, fired = [], [], [], [], []
@@ -75,7 +77,7 @@ def main() -> None:
         ratios.append(g1.tokens_per_s / g0.tokens_per_s)
     m.close()
     out = {
-        "model": resolved.name, "sae": entry.sae.source, "layer": layer, "ablated_latents": len(abl.latents),
+        "model": resolved.name, "sae": entry.sae.source, "layer": layer, "ablated_latents": len(abl.latents), "order": a.order,
         "tokens": a.tokens, "pairs": a.pairs, "threads": m.n_threads,
         "tok_s_no_ablation_median": round(statistics.median(plain), 1),
         "tok_s_ablation_median": round(statistics.median(ablated), 1),
