@@ -164,3 +164,27 @@ def test_bad_ablations_are_refused(firing_sae, smollm2):
     with pytest.raises(UserInputError, match="cannot ablate at layer"):
         smollm2.set_ablation(Ablation(sae, [A], smollm2.n_layer - 1))
     assert smollm2.ablation is None
+
+
+def test_encoder_may_read_an_earlier_layer(firing_sae, smollm2):
+    """The 70B stack's arrangement: ablate at layer 8 with activations encoded from layer 6's residual."""
+    sae = load_sae(str(firing_sae))
+    ab = Ablation(sae, [A, B], 8, encode_layer=LAYER, record=True)
+    smollm2.set_ablation(ab)
+    try:
+        gen = smollm2.generate(PROMPTS[0], SamplingParams(temperature=0.0, max_tokens=4), 0)
+    finally:
+        smollm2.set_ablation(None)
+    toks = _decoded_tokens(smollm2, PROMPTS[0], gen)
+    with ResidualReader(smollm2.llm, n_ctx=256) as reader:
+        direct = reader.read(toks, [LAYER, 8])
+    h8 = np.concatenate([r[0] for r in ab.records])
+    f = np.concatenate([r[1] for r in ab.records])
+    after = np.concatenate([r[2] for r in ab.records])
+    scale = np.abs(direct[LAYER]).max()
+    np.testing.assert_allclose(f, sae.encode(direct[LAYER], [A, B]), atol=2e-3 * scale)
+    assert np.abs(h8 - direct[8]).max() < 2e-3 * np.abs(direct[8]).max()  # what was edited is layer 8's output
+    np.testing.assert_allclose(after, h8 - f @ ab.decoder, atol=1e-4)
+    assert (f > 0).any()
+    with pytest.raises(UserInputError, match="must not come after"):
+        Ablation(sae, [A], LAYER, encode_layer=LAYER + 1)
