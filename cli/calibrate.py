@@ -10,7 +10,7 @@ import click
 from esr_local.runs import RunOptions, create_run, execute_run
 from esr_local.sampling import MAX_SEED
 
-from .common import calibration_options, model_options
+from .common import calibration_options, finite_float, model_options
 from .options import db_option, open_store
 from .run import judge_options
 
@@ -21,7 +21,7 @@ from .run import judge_options
 @click.option("--labels", default=None, type=click.Path(), help="Labels file for the SAE.")
 @click.option("--layer", type=int, default=None, help="Steering layer (default: a given SAE's own, else the catalog's).")
 @click.option("--prompts", "prompts_file", default=None, type=click.Path(), help="Prompt file (default: the shipped set).")
-@click.option("--target-score", type=click.FloatRange(0, 1), default=0.30, show_default=True)
+@click.option("--target-score", type=click.FloatRange(0, 1), callback=finite_float, default=0.30, show_default=True)
 @click.option("--steps", "calibration_steps", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--samples", "calibration_samples", type=click.IntRange(1), default=None, help="Prompts averaged per step.")
 @click.option("--max-tokens", "calibration_max_tokens", type=click.IntRange(1), default=256, show_default=True)

@@ -54,7 +54,7 @@ SAMPLING_KEYS = ("temperature", "max_tokens", "repetition_penalty", "top_k", "to
 
 def calibration_options(f):
     """--lower/--upper/--prior-mean/--prior-std (catalog defaults) shared by `run` and `calibrate`."""
-    f = click.option("--prior-std", "boost_prior_std", type=float, default=None, callback=finite_float, help="Gaussian prior sd.")(f)
+    f = click.option("--prior-std", "boost_prior_std", type=float, default=None, callback=positive_float, help="Gaussian prior sd (> 0).")(f)
     f = click.option("--prior-mean", "boost_prior_mean", type=float, default=None, callback=finite_float, help="Gaussian prior mean.")(f)
     f = click.option("--upper", "boost_upper", type=float, default=None, callback=finite_float, help="Upper boost bound (catalog default).")(f)
     f = click.option("--lower", "boost_lower", type=float, default=None, callback=finite_float, help="Lower boost bound (catalog default).")(f)
@@ -69,6 +69,14 @@ def finite_float(ctx, param, value):
     for v in values:
         if v is not None and not math.isfinite(v):
             raise click.BadParameter(f"{v} is not a finite number")
+    return value
+
+
+def positive_float(ctx, param, value):
+    """Click callback: a finite number above 0 (or None)."""
+    finite_float(ctx, param, value)
+    if value is not None and value <= 0:
+        raise click.BadParameter(f"{value} must be above 0")
     return value
 
 

@@ -83,7 +83,7 @@ def given_options(ctx: click.Context, names) -> list[str]:
 @click.option("--ablate-seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of --ablate-random.")
 @click.option("--ablate-order", type=click.Choice(["pre", "post"]), default="pre", show_default=True,
               help="Encode ablated latents before (paper) or after the steering vector.")
-@click.option("--target-score", type=click.FloatRange(0, 1), default=0.30, show_default=True, help="Calibration target (first-attempt score / 100).")
+@click.option("--target-score", type=click.FloatRange(0, 1), callback=finite_float, default=0.30, show_default=True, help="Calibration target (first-attempt score / 100).")
 @click.option("--calibration-steps", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--calibration-samples", type=click.IntRange(1), default=None, help="Prompts averaged per bisection step (catalog default).")
 @click.option("--calibration-max-tokens", type=click.IntRange(1), default=256, show_default=True)

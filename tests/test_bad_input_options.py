@@ -69,7 +69,10 @@ OPTION_CASES: dict[str, tuple[list[str], dict[str, str], str]] = {
     "import a folder": (["import", "--db", "{db}", "{root}"], {}, "directory"),
     "run --seed 2^32": (["run", "--db", "{db}", "-l", "1", "--boost", "1", "--seed", str(2**32)], {}, "4294967295"),
     "calibrate --seed 2^32": (["calibrate", "--db", "{db}", "-l", "1", "--seed", str(2**32)], {}, "4294967295"),
-    "run --target-score nan": (["run", "--db", "{db}", "-l", "1", "--target-score", "nan"], {}, ""),
+    "run --target-score nan": (["run", "--db", "{db}", "-l", "1", "--target-score", "nan"], {}, "not a finite number"),
+    "calibrate --target-score nan": (["calibrate", "--db", "{db}", "-l", "1", "--target-score", "nan"], {}, "not a finite number"),
+    "run --prior-std 0": (["run", "--db", "{db}", "-l", "1", "--prior-std", "0"], {}, "must be above 0"),
+    "calibrate --prior-std -1": (["calibrate", "--db", "{db}", "-l", "1", "--prior-std", "-1"], {}, "must be above 0"),
     "run --parallel 0": (["run", "--db", "{db}", "-l", "1", "--boost", "1", "--parallel", "0"], {}, "--parallel"),
 }
 
