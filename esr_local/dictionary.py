@@ -2,10 +2,13 @@
 
 No SAE for the default model (SmolLM2-135M-Instruct) is available offline, so esr-local ships a small
 dictionary instead: for each concept of `esr_local/data/concepts.toml`, the mean residual `l_out-L`
-over a few short texts about the concept minus the mean over bland neutral texts (first token of
-each text skipped: it carries a massive activation). Row i of `W_dec` is that raw difference, not
-normalised, so a boost of 1 adds one mean difference. The encoder is zero: it is not a trained SAE,
-only a file any SAELens-layout loader can read.
+over a few short texts about the concept minus a baseline (first token of each text skipped: it
+carries a massive activation). Row i of `W_dec` is that raw difference, not normalised, so a boost
+of 1 adds one mean difference.
+
+It is not a trained SAE, but it has a real encoder (`dictionary_encoder.py`): a thresholded
+projection of the norm-rescaled residual on each concept direction, with each threshold set from the
+dictionary's own texts, stored as a SAELens `jumprelu` SAE with `constant_norm_rescale` input.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import tomllib
 
 from . import __version__
 from .errors import FormatError, MissingResourceError, UserInputError
+from .dictionary_encoder import ENCODER_NORMALIZATION, fit_encoder
 from .readout import ResidualReader
 
 # Chosen by measurement (see README / dictionary report): block 12 of 30 gives clear off-topic
@@ -35,6 +39,7 @@ DEFAULT_LAYER = 12
 DEFAULT_N_CTX = 512
 SHIPPED_DICTIONARY = "smollm2-135m-concepts"
 MODEL_NAME = "SmolLM2-135M-Instruct"
+CONCRETENESS_FILE = "concreteness.csv"  # index_in_sae,concreteness: the concepts' own ratings
 # Thread count is fixed so a rebuild runs the same computation; ggml's CPU kernels split work by rows,
 # so results should not depend on it, but pinning removes the question.
 BUILD_THREADS = 2
@@ -47,6 +52,7 @@ class Concept:
     key: str
     label: str
     texts: tuple[str, ...]
+    concreteness: float | None = None  # the author's 0-100 rating of the label (paper's concreteness scale)
 
 
 @dataclass(frozen=True)
@@ -96,13 +102,20 @@ def load_concepts(path: str | Path | None = None) -> ConceptSet:
             raise FormatError(f"{path}: concept key {key!r} appears twice; keys must be unique")
         if not isinstance(texts, list) or len(texts) < 2 or not all(isinstance(t, str) and t.strip() for t in texts):
             raise FormatError(f"{path}: concept {key!r} needs a `texts` list of at least 2 non-empty strings")
+        rating = entry.get("concreteness")
+        if rating is not None and (isinstance(rating, bool) or not isinstance(rating, (int, float)) or not 0 <= rating <= 100):
+            raise FormatError(f"{path}: concept {key!r} has concreteness {rating!r}; use a number from 0 to 100")
         seen.add(key)
-        concepts.append(Concept(key, label.strip(), tuple(texts)))
+        concepts.append(Concept(key, label.strip(), tuple(texts), None if rating is None else float(rating)))
     return ConceptSet(tuple(concepts), tuple(neutral), hashlib.sha256(raw).hexdigest())
 
 
-def _mean_residual(reader: ResidualReader, llm: llama_cpp.Llama, texts: Sequence[str], layers: Sequence[int]) -> dict[int, np.ndarray]:
-    """Mean of `l_out-L` over all tokens of `texts` except each text's first token (float64)."""
+def _mean_residual(
+    reader: ResidualReader, llm: llama_cpp.Llama, texts: Sequence[str], layers: Sequence[int], keep: list | None = None
+) -> dict[int, np.ndarray]:
+    """Mean of `l_out-L` over all tokens of `texts` except each text's first token (float64).
+
+    `keep`, when given, receives each text's token residuals (first token skipped, float64) at the first layer."""
     sums = {layer: np.zeros(reader.n_embd, dtype=np.float64) for layer in layers}
     count = 0
     for text in texts:
@@ -110,6 +123,8 @@ def _mean_residual(reader: ResidualReader, llm: llama_cpp.Llama, texts: Sequence
         if len(tokens) < 2:
             raise UserInputError(f"text {text!r} is too short: it needs at least 2 tokens")
         acts = reader.read(tokens, layers)
+        if keep is not None:
+            keep.append(acts[layers[0]][1:].astype(np.float64))
         for layer in layers:
             sums[layer] += acts[layer][1:].astype(np.float64).sum(axis=0)
         count += len(tokens) - 1
@@ -137,6 +152,7 @@ def concept_directions(
     n_ctx: int = DEFAULT_N_CTX,
     n_threads: int = BUILD_THREADS,
     baseline: str = DEFAULT_BASELINE,
+    keep: dict | None = None,
 ) -> dict[int, np.ndarray]:
     """Contrastive directions `{layer: float32 [n_concepts, n_embd]}` for a loaded model.
 
@@ -146,15 +162,24 @@ def concept_directions(
       pairwise cosine 0.68 at block 12), so every concept first pushes the same style drift;
       centring removes it (mean cosine ~0) and keeps each row about its own concept.
     - "neutral": the mean over the shared neutral texts.
+
+    `keep`, when given, receives the token residuals read at the first layer: `keep["concepts"]` (per
+    concept, per text) and, with the neutral baseline, `keep["neutral"]`, so the encoder fit reuses them.
     """
     if baseline not in BASELINES:
         raise UserInputError(f"baseline {baseline!r} is unknown; use one of {', '.join(BASELINES)}")
     concepts = concepts or load_concepts()
     layers = sorted({int(layer) for layer in layers})
     with ResidualReader(llm, n_ctx=n_ctx, n_threads=n_threads, flash_attn=False) as reader:
-        means = [_mean_residual(reader, llm, c.texts, layers) for c in concepts.concepts]
+        kept: list[list] = [[] for _ in concepts.concepts]
+        means = [_mean_residual(reader, llm, c.texts, layers, kept[i]) for i, c in enumerate(concepts.concepts)]
+        if keep is not None:
+            keep["concepts"] = kept
         if baseline == "neutral":
-            base = _mean_residual(reader, llm, concepts.neutral, layers)
+            neutral: list = []
+            base = _mean_residual(reader, llm, concepts.neutral, layers, neutral)
+            if keep is not None:
+                keep["neutral"] = neutral
         else:
             base = {layer: np.mean([m[layer] for m in means], axis=0) for layer in layers}
     return {layer: np.stack([m[layer] - base[layer] for m in means]).astype(np.float32) for layer in layers}
@@ -180,8 +205,9 @@ def build_concept_dictionary(
     """Write a contrastive concept dictionary in the SAELens layout and return its folder.
 
     Files: `cfg.json` (v6 style, hook `blocks.<layer>.hook_resid_post`), `sae_weights.safetensors`
-    (`W_dec` [d_sae, d_in] raw mean differences; zero `W_enc`, `b_enc`, `b_dec`) and `labels.csv`
-    (`index_in_sae,label`). The same model, texts and settings give byte-identical weights.
+    (`W_dec` [d_sae, d_in] raw mean differences; `W_enc`, `b_enc`, `threshold` of the fitted encoder,
+    see `dictionary_encoder.py`; zero `b_dec`), `labels.csv` (`index_in_sae,label`) and
+    `concreteness.csv` (`index_in_sae,concreteness`, when every concept has a rating). The same model, texts and settings give byte-identical weights.
     `baseline` is "centroid" (row = concept mean minus the mean of all concept means) or "neutral"
     (minus the mean over the neutral texts); see `concept_directions`.
     `model_path` defaults to the embedded SmolLM2 GGUF; `out_dir` to `./vectors/smollm2-135m-concepts`.
@@ -204,8 +230,11 @@ def build_concept_dictionary(
             raise UserInputError(
                 f"layer {layer!r} cannot hold a dictionary for this {n_layer}-block model; use 1 to {n_layer - 2}"
             )
-        w_dec = concept_directions(llm, [layer], concepts, n_ctx=n_ctx, baseline=baseline)[layer]
+        read: dict = {}
+        w_dec = concept_directions(llm, [layer], concepts, n_ctx=n_ctx, baseline=baseline, keep=read)[layer]
         n_embd = int(llm.n_embd())
+        encoder = fit_encoder(llm, layer, w_dec, concepts, n_ctx=n_ctx, n_threads=BUILD_THREADS,
+                              per_concept=read["concepts"], neutral=read.get("neutral"))
     finally:
         llm.close()
 
@@ -214,21 +243,22 @@ def build_concept_dictionary(
     save_file(
         {
             "W_dec": np.ascontiguousarray(w_dec, dtype=np.float32),
-            "W_enc": np.zeros((n_embd, d_sae), dtype=np.float32),
-            "b_enc": np.zeros(d_sae, dtype=np.float32),
+            "W_enc": np.ascontiguousarray(encoder.w_enc),
+            "b_enc": encoder.b_enc,
             "b_dec": np.zeros(n_embd, dtype=np.float32),
+            "threshold": encoder.threshold,
         },
         str(out_dir / "sae_weights.safetensors"),
     )
     (out_dir / "sae_weights.safetensors").chmod(0o644)  # save_file writes 0600; the folder is shipped data
     cfg = {
-        "architecture": "standard",
+        "architecture": "jumprelu",
         "d_in": n_embd,
         "d_sae": d_sae,
         "dtype": "float32",
         "device": "cpu",
         "apply_b_dec_to_input": False,
-        "normalize_activations": "none",
+        "normalize_activations": ENCODER_NORMALIZATION,
         "reshape_activations": "none",
         "metadata": {
             "model_name": model_name or MODEL_NAME,
@@ -243,7 +273,8 @@ def build_concept_dictionary(
             "method": _METHODS[baseline].format(L=layer),
             "baseline": baseline,
             "trained": False,
-            "note": "not a trained SAE: W_enc, b_enc and b_dec are zero, so encoding gives all-zero latents",
+            "note": "not a trained SAE: the encoder is a thresholded projection on each concept direction",
+            "encoder": encoder.describe(),
             "llama_cpp_layer": layer,
             "concepts_sha256": concepts.sha256,
             "concept_keys": [c.key for c in concepts.concepts],
@@ -263,6 +294,10 @@ def build_concept_dictionary(
     for i, concept in enumerate(concepts.concepts):
         writer.writerow([i, concept.label])
     (out_dir / "labels.csv").write_text(buf.getvalue(), encoding="utf-8")
+    ratings = [c.concreteness for c in concepts.concepts]
+    if all(r is not None for r in ratings):
+        rows = "".join(f"{i},{r:g}\n" for i, r in enumerate(ratings))
+        (out_dir / CONCRETENESS_FILE).write_text("index_in_sae,concreteness\n" + rows, encoding="utf-8")
     return out_dir
 
 

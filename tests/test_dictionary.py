@@ -35,11 +35,11 @@ def _labels(folder) -> list[tuple[int, str]]:
 
 def test_shipped_dictionary_is_saelens_layout():
     cfg = json.loads((SHIPPED / "cfg.json").read_text(encoding="utf-8"))
-    assert cfg["architecture"] == "standard"
+    assert cfg["architecture"] == "jumprelu"  # the projection encoder (esr_local/dictionary_encoder.py)
     assert cfg["d_in"] == 576
     assert cfg["dtype"] == "float32"
     assert cfg["apply_b_dec_to_input"] is False
-    assert cfg["normalize_activations"] == "none"
+    assert cfg["normalize_activations"] == "constant_norm_rescale"
     meta = cfg["metadata"]
     assert meta["model_name"] == "SmolLM2-135M-Instruct"
     assert meta["hook_name"] == f"blocks.{dic.DEFAULT_LAYER}.hook_resid_post"
@@ -52,8 +52,12 @@ def test_shipped_dictionary_is_saelens_layout():
     assert w["W_dec"].shape == (d_sae, 576) and w["W_dec"].dtype == np.float32
     assert w["W_enc"].shape == (576, d_sae)
     assert w["b_enc"].shape == (d_sae,) and w["b_dec"].shape == (576,)
-    for key in ("W_enc", "b_enc", "b_dec"):
-        assert not np.any(w[key]), f"{key} should be zero in a dictionary that is not a trained SAE"
+    assert not np.any(w["b_dec"])
+    assert w["threshold"].shape == (d_sae,) and np.all(w["threshold"] > 0)
+    # Each encoder column points along its concept's decoder row (a projection, not a trained encoder).
+    cos = np.sum(w["W_enc"].T * w["W_dec"], axis=1) / (
+        np.linalg.norm(w["W_enc"], axis=0) * np.linalg.norm(w["W_dec"], axis=1))
+    np.testing.assert_allclose(cos, 1.0, atol=1e-5)
     assert np.all(np.isfinite(w["W_dec"]))
     norms = np.linalg.norm(w["W_dec"], axis=1)
     assert np.all(norms > 1.0)
@@ -155,6 +159,8 @@ def test_shipped_dictionary_loads_through_the_sae_loader():
     for i in (0, 1, sae.d_sae - 1):
         assert np.array_equal(sae.decoder_row(i), w[i])
         assert sae.label(i) == dic.load_concepts().concepts[i].label
-    # Zero encoder: no latent ever fires, which is what "not a trained SAE" means.
-    h = np.random.default_rng(0).standard_normal((3, 576)).astype(np.float32) * 100
-    assert not np.any(sae.encode(h, [0, 1, 2]))
+    # The encoder is real: a residual along concept i's direction fires latent i, more than any other.
+    for i in range(sae.d_sae):
+        h = (w[i] / np.linalg.norm(w[i]) * 150).astype(np.float32)[None, :]
+        acts = sae.encode(h, list(range(sae.d_sae)))[0]
+        assert acts[i] > 0 and acts.argmax() == i
