@@ -264,3 +264,26 @@ def test_conditions_parse_once_and_order_sweep_levels_by_number():
             Condition.parse(bad)
     names = ["sweep:10", "steered", "sweep:2", "baseline", "meta:x", "odd:thing"]
     assert sorted(names, key=condition_order) == ["baseline", "meta:x", "steered", "sweep:2", "sweep:10", "odd:thing"]
+
+
+def test_a_latent_set_gives_the_run_its_latents_labels_and_provenance(tmp_path):
+    from types import SimpleNamespace
+
+    from esr_local.latent_sets import save_latent_set
+    from esr_local.saes import load_sae
+
+    store = Store(tmp_path / "set.db")
+    source = "shipped:smollm2-135m-concepts"
+    sae = load_sae(resolve_sae_source(source))
+    selection = SimpleNamespace(settings={"n": 2, "seed": 1, "layer": 12}, chosen=[3, 9], labels={3: "set label three"},
+                                funnel={"all": 10, "kept": 2}, candidates=[3, 9], errors=[])
+    save_latent_set(store, "two", selection, sae=sae, sae_source=source, model_name="smollm2-135m-instruct")
+    run_id, judge = create_run(store, RunOptions(latent_set="two", boost=1.0, judge="local", skip_judge_check=True))
+    judge.close()
+    spec = json.loads(store.get_run(run_id)["spec_json"])
+    assert spec["latents"] == [3, 9] and spec["labels"]["3"] == "set label three"
+    assert spec["labels"]["9"] == (sae.label(9) or "latent 9")  # no set label: the SAE's
+    assert spec["latent_source"]["kind"] == "set" and spec["latent_source"]["name"] == "two"
+    assert spec["latent_source"]["funnel"] == {"all": 10, "kept": 2}
+    with pytest.raises(UserInputError, match="give --latent-set or --latent"):
+        create_run(store, RunOptions(latent_set="two", latents=[1], boost=1.0, judge="local", skip_judge_check=True))

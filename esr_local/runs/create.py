@@ -129,14 +129,17 @@ def build_judge(ref_or_opts, *, n_threads: int | None = None):
     return make_judge(spec, model_path=path, base_url=url, restart_gating=gating, n_threads=n_threads, **extra)
 
 
-def _latents(opts: RunOptions, sae, store, seed: int) -> tuple[list[int], dict, dict[int, str]]:
+def _latents(opts: RunOptions, sae, store, seed: int, sae_source: str) -> tuple[list[int], dict, dict[int, str]]:
     """The run's latents, where they came from, and labels a latent set brings (else the SAE's labels)."""
     set_labels: dict[int, str] = {}
     if opts.latent_set:
         from ..latent_sets import load_latent_set
 
         ls = load_latent_set(store, opts.latent_set)
-        ids, source = [int(x) for x in ls.latents], {"kind": "set", "id": ls.id, "name": ls.name}
+        if ls.sae_source != sae_source:
+            raise UserInputError(f"latent set {ls.name!r} was chosen from the SAE {ls.sae_source}, but this run steers "
+                                 f"with {sae_source}; pass --sae {ls.sae_source} or choose another set")
+        ids, source = [int(x) for x in ls.latents], {"kind": "set", **ls.spec()}
         raw = getattr(ls, "labels", None) or {}
         set_labels = {int(k): str(v) for k, v in (raw.items() if isinstance(raw, dict) else zip(ids, raw)) if v}
     elif opts.latents:
@@ -267,7 +270,8 @@ def _new_spec(store, opts: RunOptions, conditions: list[str], meta: dict, seed: 
     sae = open_sae(_abs(opts.sae), entry, _abs(opts.labels))
     check_sae_fits(sae, n_embd, resolved.name)
     layer = choose_layer(opts.layer, entry, sae, n_layer, user_sae=opts.sae is not None)
-    latents, latent_source, set_labels = _latents(opts, sae, store, seed)
+    src_text = opts.sae or (entry.sae.source if entry else "")
+    latents, latent_source, set_labels = _latents(opts, sae, store, seed, src_text)
     rows = {i: sae.decoder_row(i) for i in latents}
     labels = {str(i): set_labels.get(i) or sae.label(i) or f"latent {i}" for i in latents}
     prompt_set = load_prompts(_abs(opts.prompts_file))
@@ -281,7 +285,6 @@ def _new_spec(store, opts: RunOptions, conditions: list[str], meta: dict, seed: 
     cal = _calibration(opts, entry, sampling, prompt_set.sha256, chat_mode, jref.description)
     if needs_cal:
         cal.check()
-    src_text = opts.sae or (entry.sae.source if entry else "")
     sae_ref = SaeRef(source=src_text, resolved_path=str(sae.info.resolved_path), family=sae.info.family,
                      revision=hub_revision(sae.info.resolved_path), files=sae_files(sae.info.resolved_path),
                      feature_layer=sae.info.layer, d_sae=sae.d_sae, rows_sha256=rows_hash(rows))
