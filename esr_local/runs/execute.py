@@ -259,6 +259,7 @@ class _Execution:
             calls.append(partial(judgment_record, self.judge, self.spec.judge, t.prompt, gen.text, labels[t.latent])
                          if gen is not None else (lambda: (None, [])))
         pool.submit_group(calls, partial(self._store_group, trials, prog, total))
+        pool.poll()  # store every group judged so far: a kill then loses only what is still being judged
 
     def _store_group(self, trials: list[dict], prog: Progress, total: int, judged: list[tuple]) -> None:
         """Write one group's trials with their judgments in one transaction (called in plan order)."""
