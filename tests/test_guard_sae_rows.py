@@ -100,3 +100,9 @@ def test_shape_helpers():
         check_shapes("f", {"b_enc": (np.zeros(4), (5,))})
     assert layer_or_none("blocks.4.hook_resid_post") == 4
     assert layer_or_none(None) is None and layer_or_none("") is None and layer_or_none("blocks.3.mlp") is None
+
+
+def test_block_size_one_is_allowed(sae):
+    h = np.random.default_rng(2).standard_normal((2, D_MODEL))
+    blocks = list(sae.encode_blocks(h, block_size=1))
+    assert [start for start, _ in blocks] == list(range(D_SAE)) and all(a.shape == (2, 1) for _, a in blocks)

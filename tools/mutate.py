@@ -59,7 +59,10 @@ MODULES: list[Module] = [
                                                  "tests/test_guard_penalty.py"]),
     Module("decode_loop", "esr_local/engine.py", ["tests/test_engine.py", "tests/test_guard_penalty.py"],
            ["xǁSteeredModelǁ_decode_loop__*", "xǁSteeredModelǁgenerate_many__*", "xǁSteeredModelǁset_directions__*"]),
-    Module("sae_rows", "esr_local/saes/base.py", ["tests/test_saes.py", "tests/test_guard_sae_rows.py"]),
+    Module("sae_rows", "esr_local/saes/base.py", ["tests/test_saes.py", "tests/test_guard_sae_rows.py"],
+           ["x_decoder_dims__*", "x_check_shapes__*", "x_layer_or_none__*", "x__as_index__*", "xǁSaeǁdecoder_row__*",
+            "xǁSaeǁrow_norm__*", "xǁSaeǁlabel__*", "xǁSaeǁset_labels_path__*", "xǁSaeǁencode__*",
+            "xǁSaeǁencode_blocks__*", "xǁSaeǁ_as_rows__*", "xǁLinearSaeǁ_decoder_row__*"]),
     Module("store_views", "esr_local/store_schema.py", ["tests/test_store.py", "tests/test_metrics.py",
                                                        "tests/test_store_migrations.py"]),
 ]
