@@ -25,6 +25,21 @@ RESTARTS = [
     ("Clowns juggle. Hmm, this is wrong - you asked about tea. Brew at 80 degrees.",
      "Hmm, this is wrong - you asked about tea.", "Brew at 80 degrees."),
     ("Bees buzz. On second thought, sort the numbers first.", "On second thought,", "sort the numbers first."),
+    ("Ships sail. Sorry, I got sidetracked. Whisk the eggs.", "Sorry, I got sidetracked.", "Whisk the eggs."),
+    ("Stars shine. Let me start over. Cut along the line.", "Let me start over.", "Cut along the line."),
+    ("Moons orbit. Let me get back on track. Sift the flour.", "Let me get back on track.", "Sift the flour."),
+    ("Trains are loud. I'm going off on a tangent. Water the roots.", "I'm going off on a tangent.",
+     "Water the roots."),
+    ("Kites fly. I think I lost the thread. Sand with the grain.", "I think I lost the thread.",
+     "Sand with the grain."),
+    ("Comets glow. Hold on, let me rethink this. Boil the eggs for nine minutes.", "Hold on, let me rethink this.",
+     "Boil the eggs for nine minutes."),
+    ("Owls hoot. Wait, I was supposed to talk about sinks. Fit the trap under the basin.",
+     "Wait, I was supposed to talk about sinks.", "Fit the trap under the basin."),
+    ("Dunes shift. Let me answer the question properly. Preheat the oven.", "Let me answer the question properly.",
+     "Preheat the oven."),
+    ("Frogs croak. I should stay on topic. Rinse the rice.", "I should stay on topic.", "Rinse the rice."),
+    ("Gulls cry. Never mind. Tighten the nut.", "Never mind.", "Tighten the nut."),
 ]
 
 ORDINARY = [
@@ -39,6 +54,10 @@ ORDINARY = [
     "No, you do not need a special tool.",
     "Hold on to the handle tightly.",
     "Mix it. I went off to the shop and bought flour.",
+    "Seal the joint. Try again if it still leaks.",
+    "Hold the pan steady while you pour.",
+    "Never mind the stains; they wash out in cold water.",
+    "The dough may tear. You should stay on track with the recipe and rest it.",
 ]
 
 

@@ -46,7 +46,7 @@ from .records import Attempt, Judgment
 from .restarts import find_attempts
 from .rubric import DEFAULT_RUBRIC
 
-VERSION = "offline-v1"
+VERSION = "offline-v2"  # v2: more restart phrasings (restarts.py), same scoring
 MAX_SCORED_TOKENS = 96
 CENTER = 0.15
 WIDTH = 0.12

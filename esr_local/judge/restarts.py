@@ -44,13 +44,15 @@ _QUESTION = r"(?:(?:the|your|my)\s+(?:original\s+|actual\s+|real\s+|main\s+)?(?:
 STRONG_PATTERNS: tuple[str, ...] = (
     # A restart verb with the speaker as subject.
     _SUBJ + r"\s+(?:try|start|begin|do\s+(?:that|this|it))\s+(?:that\s+|this\s+)?(?:again|over|afresh|anew|from\s+(?:the\s+)?(?:scratch|beginning|top))\b",
-    _SUBJ + r"\s+(?:restart|rephrase|revise|redo|reconsider|re-?answer|re-?focus|correct\s+(?:myself|that|this|my\s+answer))\b",
-    _SUBJ + r"\s+(?:get|go|come|return|stick|turn)\s+back\s+to\s+" + _QUESTION + r"\b",
-    _SUBJ + r"\s+(?:(?:actually|properly|now\s+actually)\s+answer\b|answer\s+(?:the|your)\s+(?:actual|original|real)\s+question\b|answer\s+what\s+you\s+(?:actually\s+)?asked\b)",
+    _SUBJ + r"\s+(?:restart|rephrase|revise|redo|reconsider|rethink|re-?answer|re-?focus|correct\s+(?:myself|that|this|my\s+answer))\b",
+    _SUBJ + r"\s+(?:get|go|come|return|stick|turn)\s+back\s+(?:to\s+" + _QUESTION + r"|on\s+(?:track|topic))\b",
+    _SUBJ + r"\s+(?:stay|keep|stick)\s+on\s+(?:track|topic)\b",
+    _SUBJ + r"\s+(?:(?:actually|properly|now\s+actually)\s+answer\b|answer\s+(?:the|your)\s+(?:actual|original|real)\s+question\b|answer\s+what\s+you\s+(?:actually\s+)?asked\b|answer\s+(?:the|your)\s+question\s+(?:properly|correctly|instead|this\s+time)\b)",
     _SUBJ + r"\s+focus\s+on\s+(?:the|your)\s+(?:original\s+|actual\s+)?(?:question|task|topic|prompt)\b",
     r"\bscratch\s+that\b",
     r"\bforget\s+(?:what\s+i\s+(?:just\s+)?(?:said|wrote)|everything\s+i\s+(?:just\s+)?said)\b",
-    r"\bnever\s*mind\b",
+    # "Never mind." / "Never mind that," - not "never mind the stains, they wash out".
+    r"\bnever\s*mind(?:\s+(?:that|this|all\s+that))?(?=\s*(?:[,.!;:\u2026\u2014-]|$))",
     r"\bon\s+second\s+thought\b",
     # Self-reports of a mistake or of drifting away.
     r"\bi\s+(?:have\s+|'ve\s+|just\s+)?made\s+(?:a|an)\s+(?:mistake|error)\b",
@@ -61,6 +63,8 @@ STRONG_PATTERNS: tuple[str, ...] = (
     r"\b(?:got|get|getting|went|going)\s+(?:a\s+bit\s+|completely\s+)?(?:off[- ](?:track|topic)|sidetracked|carried\s+away)\b",
     r"\bi\s+(?:drifted|wandered|strayed|veered|went|got)\s+(?:a\s+bit\s+|completely\s+|way\s+)?(?:off|away\s+from)\s*"
     r"(?:[- ]?(?:topic|track|course)\b|the\s+(?:topic|question|point|subject)\b|there\b|[,.!;])",
+    r"\bi(?:'m|\s+am|\s+was|'ve|\s+have|\s+seem\s+to\s+have|\s+seem\s+to\s+be)?\s+(?:going|gone|went|got|getting|been\s+going)\s+off\s+on\s+(?:a\s+)?tangents?\b",
+    r"\bi(?:'ve|\s+have)?\s+lost\s+(?:the|my)\s+(?:thread|train\s+of\s+thought)\b",
     r"\bmy\s+(?:mistake|apologies|bad)\b",
     r"\bi\s+apologi[sz]e\b",
     # The answer measured against the question.
@@ -92,6 +96,7 @@ CUE_PATTERNS: tuple[str, ...] = (
     r"\b(?:the|your)\s+question\s+(?:was|is)\b",
     r"\bi\s+(?:was|am|'m|have\s+been|'ve\s+been)\s+(?:talking|writing|going\s+on|rambling|thinking)\s+about\b",
     r"\bi\s+(?:got|was|am|'m)\s+(?:confused|mixed\s+up|wrong|mistaken)\b",
+    r"\bi\s+(?:was|am|'m)\s+supposed\s+to\s+(?:be\s+)?(?:talk|explain|answer|describ|writ|tell)",
     r"\b(?:i\s+)?(?:meant|mean)\s+to\s+(?:say|explain|answer|talk)\b",
     r"\b(?:let\s+me|let's|i'll)\s+(?:explain\s+(?:it\s+)?(?:properly|correctly|again)|focus\b|get\s+back\b|answer\s+(?:the|your)\s+question)",
     r"\bthat\s+came\s+out\s+wrong\b",
