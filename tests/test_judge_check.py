@@ -152,6 +152,34 @@ def test_ensure_judge_checked_caches_per_judge(tmp_path):
     assert ensure_judge_checked(MarkerJudge(), allow_weak=False, skip=True, cases_path=path)["status"] == "skipped"
 
 
+class KnobJudge(MarkerJudge):
+    """A MarkerJudge that reports run-time knobs in its description, as the local judge does."""
+
+    def __init__(self, n_threads=1, n_gpu_layers=0, **kw):
+        super().__init__()
+        self.n_threads, self.n_gpu_layers = n_threads, n_gpu_layers
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+    def describe(self):
+        return {**super().describe(), "n_threads": self.n_threads, "n_gpu_layers": self.n_gpu_layers}
+
+
+def test_check_key_ignores_run_time_knobs_and_follows_scoring(tmp_path):
+    from esr_local.judge.check import judge_check_key
+    from esr_local.judge.rubric import Rubric
+
+    path = _write(tmp_path, [_raw("on", "[90]", 1, "on", "on")])
+    key = judge_check_key(KnobJudge(), path)
+    # timeouts, retries, threads and offload do not change what the judge scores
+    assert judge_check_key(KnobJudge(n_threads=7, n_gpu_layers=-1, timeout=5.0, max_retries=9), path) == key
+    # gating, rubric and the case file do
+    assert judge_check_key(KnobJudge(restart_gating=True), path) != key
+    other = Rubric("sys", "inst", "P: {prompt}", "R: {response}", "L: {label}", id="mine")
+    assert judge_check_key(KnobJudge(rubric=other), path) != key
+    assert judge_check_key(KnobJudge(), _write(tmp_path, [_raw("on2", "[90]", 1, "on", "on")])) != key
+
+
 def test_weak_judge_refused_unless_allowed(tmp_path):
     path = _write(tmp_path, [_raw("on", "[10]", 1, "on", "on"), _raw("off", "[90]", 1, "off", "off"),
                              _raw("da", "[10]", 2, "off", "on")])

@@ -35,8 +35,9 @@ from ..paths import data_dir, package_data_dir
 
 CHECK_VERSION = "judge-check-v1"
 THRESHOLDS: dict[str, float] = {"multi_attempt_accuracy": 0.9, "first_auc": 0.9, "improvement_rate": 0.8}
-# Settings that change how a judgment is obtained, not what the judge is: left out of the cache key.
-_VOLATILE = ("timeout", "max_retries", "model_path", "retry_backoff")
+# Settings that change how a judgment is obtained, not what the judge is: left out of the cache key
+# (threads follow the machine's load, GPU offload the machine: neither changes the rubric or the weights).
+_VOLATILE = ("timeout", "max_retries", "model_path", "retry_backoff", "n_threads", "n_gpu_layers")
 _SIDES = ("on", "off", None)
 
 
