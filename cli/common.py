@@ -53,7 +53,9 @@ SAMPLING_KEYS = ("temperature", "max_tokens", "repetition_penalty", "top_k", "to
 
 
 def calibration_options(f):
-    """--lower/--upper/--prior-mean/--prior-std (catalog defaults) shared by `run` and `calibrate`."""
+    """--lower/--upper/--prior-mean/--prior-std (catalog defaults) and --remeasure-samples, shared by `run` and `calibrate`."""
+    f = click.option("--remeasure-samples", "calibration_remeasure", type=click.IntRange(1), default=5, show_default=True,
+                     help="Samples averaged when the calibrated boost is measured again (the paper: 1).")(f)
     f = click.option("--prior-std", "boost_prior_std", type=float, default=None, callback=positive_float, help="Gaussian prior sd (> 0).")(f)
     f = click.option("--prior-mean", "boost_prior_mean", type=float, default=None, callback=finite_float, help="Gaussian prior mean.")(f)
     f = click.option("--upper", "boost_upper", type=float, default=None, callback=finite_float, help="Upper boost bound (catalog default).")(f)

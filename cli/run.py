@@ -29,7 +29,7 @@ def judge_options(f):
 RESUME_CONFLICTS = (
     "latents", "n_latents", "latent_set", "sae", "labels", "layer", "prompts_file", "prompts_per_latent", "replicates",
     "boost", "conditions", "meta_prompts", "meta_prompts_file", "sweep_levels", "replay_run", "target_score",
-    "calibration_steps", "calibration_samples", "calibration_max_tokens", "seed", "parallel", "judge",
+    "calibration_steps", "calibration_samples", "calibration_max_tokens", "calibration_remeasure", "seed", "parallel", "judge",
     "judge_model_path", "judge_base_url", "rubric", "judge_timeout", "restart_gating", "allow_weak_judge",
     "skip_judge_check", "model", "quant", "catalog", "n_ctx", "chat_mode", "boost_lower", "boost_upper",
     "boost_prior_mean", "boost_prior_std", "temperature", "max_tokens", "repetition_penalty", "top_k", "top_p", "min_p",

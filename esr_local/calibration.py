@@ -3,6 +3,11 @@
 The score of a boost is the judge's FIRST-attempt score / 100 on a steered answer (256 new tokens by
 default, as the paper's calibration), averaged over `samples_per_step` random prompts. Probabilistic
 bisection (bisection.py) moves the boost until that score is near the target (0.30 in the paper).
+
+The final boost is then measured again. The paper re-measures once (one prompt); a single sample of a
+first-attempt score is close to all-or-nothing (an answer is derailed or it is not), so one sample cannot
+tell a good calibration from a bad one. Here the re-measure averages `remeasure_samples` fresh samples
+(default 5), and that average is what calibration flags compare with the target (a documented deviation).
 """
 
 from __future__ import annotations
@@ -40,8 +45,11 @@ class CalibrationSettings:
     chat_mode: str = "chat"
     chat_template_sha256: str = ""
     prompts_sha256: str = ""
-    # Bumped when the procedure changes (v2: a sample without a usable score is retried up to 3 times).
-    procedure: str = "pbisect-v2"
+    # Samples averaged when the final boost is measured again (the paper: 1).
+    remeasure_samples: int = 5
+    # Bumped when the procedure changes (v2: a sample without a usable score is retried up to 3 times;
+    # v3: the final boost is re-measured over `remeasure_samples` samples).
+    procedure: str = "pbisect-v3"
     rubric_version: str = ""
     restart_gating: bool = False
 
@@ -52,6 +60,8 @@ class CalibrationSettings:
         _check_settings(self.target, self.lower, self.upper, self.prior_std, self.n_steps, self.update_weight, 10_000)
         if self.samples_per_step < 1 or self.max_tokens < 1:
             raise UserInputError("calibration needs at least 1 sample per step and 1 token")
+        if self.remeasure_samples < 1:
+            raise UserInputError("calibration needs at least 1 re-measure sample (--remeasure-samples)")
 
     def settings_hash(self) -> str:
         """Stable hash of these settings (part of the cache key)."""
@@ -108,10 +118,10 @@ def calibrate_latent(
                               repetition_penalty=settings.repetition_penalty, top_k=settings.top_k,
                               top_p=settings.top_p, min_p=settings.min_p)
 
-    def score(boost: float) -> float:
+    def score(boost: float, n_samples: int = settings.samples_per_step) -> float:
         lm.set_directions({layer: row * np.float32(boost)} if boost != 0 else None)
         values = []
-        for _ in range(settings.samples_per_step):
+        for _ in range(n_samples):
             # Like the paper, a sample whose judgment yields no first-attempt score is retried (up to 3
             # tries, each a fresh prompt and seed) before the calibration fails.
             for attempt in range(3):
@@ -128,7 +138,7 @@ def calibrate_latent(
     result = bisect_boost(score, target=settings.target, lower=settings.lower, upper=settings.upper,
                           prior_mean=settings.prior_mean, prior_std=settings.prior_std, n_steps=settings.n_steps,
                           update_weight=settings.update_weight, on_step=on_step)
-    achieved = score(result.boost)  # the paper re-measures once at the final boost
+    achieved = score(result.boost, settings.remeasure_samples)  # the paper: one sample (module docstring)
     steps = [asdict(s) for s in result.steps]
     outcome = CalibrationOutcome(result.boost, achieved, steps)
     if store is not None and cache_key is not None:

@@ -47,7 +47,8 @@ class ScriptedJudge:
 
 
 def _settings(**kw) -> CalibrationSettings:
-    base = dict(n_steps=4, samples_per_step=1, max_tokens=3, lower=0.0, upper=10.0, prior_mean=5.0, prior_std=2.5)
+    base = dict(n_steps=4, samples_per_step=1, remeasure_samples=1, max_tokens=3, lower=0.0, upper=10.0, prior_mean=5.0,
+                prior_std=2.5)
     base.update(kw)
     return CalibrationSettings(**base)
 
@@ -88,7 +89,7 @@ def test_boost_follows_the_first_attempt_scores_not_the_last(smollm2, row):
 
 
 def test_samples_per_step_are_averaged(smollm2, row):
-    s = _settings(n_steps=2, samples_per_step=2)
+    s = _settings(n_steps=2, samples_per_step=2, remeasure_samples=2)
     judge = ScriptedJudge(SCRIPT)
     out = calibrate_latent(smollm2, judge, row, LAYER, LABEL, PROMPTS, s, seed=3)
     firsts = [f / 100 for f, _, _ in SCRIPT]
@@ -97,6 +98,18 @@ def test_samples_per_step_are_averaged(smollm2, row):
     assert out.boost == _expected(s, means).boost
     assert out.achieved_score == pytest.approx((firsts[4] + firsts[5]) / 2, abs=1e-12)
     assert len(judge.calls) == 6
+
+
+def test_the_final_boost_is_remeasured_over_remeasure_samples(smollm2, row):
+    s = _settings(n_steps=2, remeasure_samples=3)
+    judge = ScriptedJudge(SCRIPT)
+    out = calibrate_latent(smollm2, judge, row, LAYER, LABEL, PROMPTS, s, seed=3)
+    firsts = [f / 100 for f, _, _ in SCRIPT]
+    assert [st["score"] for st in out.steps] == firsts[:2]
+    assert out.achieved_score == pytest.approx(sum(firsts[2:5]) / 3, abs=1e-12)
+    assert len(judge.calls) == 5
+    with pytest.raises(UserInputError, match="re-measure sample"):
+        _settings(remeasure_samples=0).check()
 
 
 def test_null_first_scores_are_skipped_and_failed_judgments_retried_three_times(smollm2, row):
@@ -203,7 +216,7 @@ def test_settings_check_and_hash():
         with pytest.raises(UserInputError, match=message):
             CalibrationSettings(**bad).check()
     # The hash is part of every stored calibration's cache key: stable across versions, sensitive to each field.
-    assert CalibrationSettings().settings_hash() == "70525dc6f1444fd0"
+    assert CalibrationSettings().settings_hash() == "095b82b6db7b84f2"
     import dataclasses
 
     hashes = {CalibrationSettings().settings_hash()}

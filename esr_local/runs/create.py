@@ -62,6 +62,7 @@ class RunOptions:
     calibration_steps: int = 10
     calibration_samples: int | None = None
     calibration_max_tokens: int = 256
+    calibration_remeasure: int = 5
     boost_lower: float | None = None
     boost_upper: float | None = None
     boost_prior_mean: float | None = None
@@ -172,7 +173,8 @@ def _calibration(opts: RunOptions, entry, sampling, prompts_sha256: str, chat_mo
         lower=_pick(opts.boost_lower, d and d.boost_lower, 0.0), upper=_pick(opts.boost_upper, d and d.boost_upper, 10.0),
         prior_mean=_pick(opts.boost_prior_mean, d and d.boost_prior_mean, 5.0),
         prior_std=_pick(opts.boost_prior_std, d and d.boost_prior_std, 2.5),
-        max_tokens=opts.calibration_max_tokens, temperature=sampling.temperature,
+        max_tokens=opts.calibration_max_tokens, remeasure_samples=opts.calibration_remeasure,
+        temperature=sampling.temperature,
         repetition_penalty=sampling.repetition_penalty, top_k=sampling.top_k, top_p=sampling.top_p, min_p=sampling.min_p,
         chat_mode=chat_mode, prompts_sha256=prompts_sha256,
         chat_template_sha256=hashlib.sha256((entry.chat_template or "").encode()).hexdigest()[:16] if entry else "",
