@@ -99,6 +99,9 @@ def test_describe_records_what_the_scores_depend_on(judge, smollm2_path):
     assert d["deterministic"] is True and judge.deterministic is True
     assert d["rubric"] == "none (offline scorer)"
     assert d["scoring"]["max_scored_tokens"] > 0
+    from esr_local.judge.restarts import patterns_sha256
+
+    assert d["scoring"]["restart_patterns_sha256"] == patterns_sha256()  # attempt boundaries are part of scoring
 
 
 def test_spec_with_a_path_and_a_missing_path(smollm2_path, tmp_path):

@@ -125,3 +125,12 @@ def test_find_restarts_reports_offsets_into_the_response():
     text = "Cats purr. Oops, my mistake. Check the oil."
     (r,) = find_restarts(text)
     assert text[r.start:r.end] == "Oops, my mistake"
+
+
+def test_patterns_hash_follows_the_pattern_set(monkeypatch):
+    from esr_local.judge import restarts
+
+    before = restarts.patterns_sha256()
+    assert before == restarts.patterns_sha256() and len(before) == 64
+    monkeypatch.setattr(restarts, "STRONG_PATTERNS", restarts.STRONG_PATTERNS + (r"\bfoo\b",))
+    assert restarts.patterns_sha256() != before

@@ -43,7 +43,7 @@ from typing import Any
 from ..errors import BackendError, MissingResourceError, UserInputError
 from .base import Judge
 from .records import Attempt, Judgment
-from .restarts import find_attempts
+from .restarts import find_attempts, patterns_sha256
 from .rubric import DEFAULT_RUBRIC
 
 VERSION = "offline-v2"  # v2: more restart phrasings (restarts.py), same scoring
@@ -119,7 +119,7 @@ class OfflineJudge(Judge):
             max_tokens=None,
             scoring={"max_scored_tokens": MAX_SCORED_TOKENS, "center": CENTER, "width": WIDTH,
                      "degenerate_factor": DEGENERATE_FACTOR, "label_template": LABEL_TEMPLATE,
-                     "neutral_request": NEUTRAL_REQUEST},
+                     "neutral_request": NEUTRAL_REQUEST, "restart_patterns_sha256": patterns_sha256()},
         )
         return info
 

@@ -143,6 +143,17 @@ class AttemptSpan:
         return response[self.body_start:self.end]
 
 
+def patterns_sha256() -> str:
+    """sha256 of every pattern and constant that decides where attempts begin (recorded by the offline judge,
+    so a changed pattern set changes its description and its judge-check cache key even without a version bump)."""
+    import hashlib
+    import json
+
+    blob = json.dumps([STRONG_PATTERNS, INTERJECTION, CUE_PATTERNS, CUE_WINDOW, _LEAD_IN_MAX, _SHORT_TAIL_WORDS,
+                       sorted(_FILLER)])
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 def _plain(text: str) -> str:
     """Curly quotes and en dashes made plain; same length as `text`, so offsets carry over."""
     return text.translate(_TRANSLATE)
