@@ -46,7 +46,8 @@ def check_command(cases_file, as_json, **judge_kw):
         judge.close()
     s = report.summary
     if as_json:
-        click.echo(json.dumps({"summary": s, "judge": desc, "cases": report.cases}, indent=2, default=str))
+        # exactly {"summary", "cases"} at the top (issue 6 §4); which judge ran goes inside the summary
+        click.echo(json.dumps({"summary": {**s, "judge": desc}, "cases": report.cases}, indent=2, default=str))
     else:
         click.echo(f"Judge {judge_kw['judge']} ({desc.get('model')}, {desc.get('version') or desc.get('rubric_id')}) "
                    f"on {s['n_cases']} cases from {cases_file or default_cases_path()}")
