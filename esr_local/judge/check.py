@@ -84,14 +84,15 @@ def load_cases(path: str | os.PathLike[str] | None = None) -> list[Case]:
     """Read and validate a case file; any problem raises UserInputError naming the file and line."""
     p = Path(path) if path is not None else default_cases_path()
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")  # a leading BOM (Windows editors) is not part of line 1
     except FileNotFoundError:
         raise UserInputError(f"judge case file not found: {p}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UserInputError(f"cannot read judge case file {p}: {exc}") from None
     cases: list[Case] = []
     seen: set[str] = set()
-    for n, line in enumerate(text.splitlines(), 1):
+    # JSONL lines end at "\n" only: str.splitlines() would also cut at U+2028/U+0085, which JSON strings may hold raw.
+    for n, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         where = f"{p} line {n}"
@@ -99,6 +100,8 @@ def load_cases(path: str | os.PathLike[str] | None = None) -> list[Case]:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise UserInputError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        except RecursionError:
+            raise UserInputError(f"{where}: not valid JSON (nested too deeply)") from None
         case = _parse_case(obj, where)
         if case.id in seen:
             raise UserInputError(f"{where}: duplicate case id {case.id!r}")
