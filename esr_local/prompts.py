@@ -26,7 +26,7 @@ class PromptSet(NamedTuple):
     prompts: list[str]
     path: str
     sha256: str
-    source: str = ""  # "paper@<commit>" for the reference prompts, else empty
+    source: str = ""  # "paper@<commit>" for the reference prompts ("paper-unpinned" under another hash), else empty
 
 
 class MetaPrompt(NamedTuple):
@@ -70,7 +70,7 @@ def load_prompts(path: str | Path | None = None) -> PromptSet:
 
 
 def _load_paper_prompts() -> PromptSet:
-    from .paper_assets import PAPER_COMMIT, paper_prompts_file
+    from .paper_assets import PAPER_COMMIT, PROMPTS_TXT, expected_sha256, paper_prompts_file
 
     file = paper_prompts_file()
     try:
@@ -81,7 +81,9 @@ def _load_paper_prompts() -> PromptSet:
     if not prompts:
         raise FormatError(f"{file} has no prompts; delete it and run again to fetch it anew")
     digest = hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()
-    return PromptSet(prompts=prompts, path=str(file), sha256=digest, source=f"paper@{PAPER_COMMIT[:7]}")
+    _, pinned = expected_sha256(PROMPTS_TXT)  # a mirror under an overridden hash never passes for the paper's own
+    source = f"paper@{PAPER_COMMIT[:7]}" if pinned else "paper-unpinned"
+    return PromptSet(prompts=prompts, path=str(file), sha256=digest, source=source)
 
 
 def load_meta_prompts(extra: str | Path | None = None) -> dict[str, str]:

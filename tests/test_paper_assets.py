@@ -142,7 +142,7 @@ def test_a_tampered_file_is_refused_and_nothing_is_cached(mirror, monkeypatch):
 def test_paper_prompts(mirror, monkeypatch):
     ps = load_prompts("paper")
     assert ps.prompts == ["Fixture prompt one?", "Fixture prompt two?", "Fixture prompt three?"]
-    assert ps.sha256 == _sha(FAKE_PROMPTS) and ps.source == "paper@3c29a49"
+    assert ps.sha256 == _sha(FAKE_PROMPTS) and ps.source == "paper-unpinned"  # hash overridden, as the rubric
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert load_prompts("paper") == ps and mirror.paths == ["/prompts.txt"]
 
