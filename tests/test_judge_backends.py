@@ -396,7 +396,8 @@ def llama_server(smollm2_path, tmp_path_factory):
 
 
 def test_llama_server_with_grammar_gives_parseable_judgment(llama_server):
-    judge = make_judge("openai:smollm2", base_url=llama_server, api_key=KEY, json_mode="gbnf", temperature=0)
+    judge = make_judge("openai:smollm2", base_url=llama_server, api_key=KEY, json_mode="gbnf", temperature=0,
+                       timeout=600)  # a real CPU server: the 60 s default budget is not a test of it on a loaded machine
     result = judge.judge(PROMPT, RESTART_RESPONSE, LABEL)
     assert result.parse_status == "ok", result.error
     assert result.tries == 1 and "<json>" in result.raw_output
