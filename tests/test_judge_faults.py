@@ -83,6 +83,12 @@ class FaultyServer:
             def fault_html(self, _):
                 self._send(200, b"<html>Bad gateway</html>")
 
+            def fault_deep(self, _):  # valid JSON nested far deeper than Python's recursion limit
+                self._send(200, b"[" * 100_000 + b"]" * 100_000)
+
+            def fault_deepcontent(self, _):  # the judge's text itself nested far too deep
+                self._send(200, _chat('<json>{"attempts": ' + "[" * 100_000 + "]" * 100_000 + "}</json>"))
+
             def fault_wrongtype(self, _):
                 self._send(200, json.dumps({"choices": "none today"}).encode())
 
@@ -171,6 +177,14 @@ def test_every_fault_in_turn_is_retried_recorded_and_the_judgment_succeeds():
 
     for err, pattern in zip(result.errors, expected):
         assert re.match(pattern, err), (pattern, err)
+
+
+def test_deeply_nested_replies_are_recorded_judge_faults_not_crashes():
+    with FaultyServer(["deep", "deepcontent", "ok"]) as server:
+        result = _judge(server.url, max_retries=3).judge("How to fold a sheet?", "Fold it in thirds.", "lava")
+    assert result.parse_status == "ok" and result.tries == 3
+    assert result.errors[0].startswith("backend error: non-JSON reply from")
+    assert result.errors[1].startswith("parse error: ") and "nested too deeply" in result.errors[1]
 
 
 def test_retries_are_bounded_and_every_try_is_recorded_then_the_next_judgment_works():

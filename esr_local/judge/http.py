@@ -57,7 +57,7 @@ def post_json(
         raise RetryableError(f"broken reply from {_origin(url)}: {type(exc).__name__}") from None
     try:
         decoded = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # RecursionError: nested thousands deep
         snippet = _scrub(payload[:200].decode("utf-8", "replace"), secrets)
         raise RetryableError(f"non-JSON reply from {_origin(url)}: {snippet!r}") from None
     if not isinstance(decoded, dict):

@@ -103,6 +103,8 @@ def _decode(span: str) -> Any:
         return json.loads(span, strict=False)
     except json.JSONDecodeError as exc:
         first_error = exc
+    except RecursionError:  # a reply nested thousands deep: a judge fault, not a crash of the judging loop
+        raise ValueError("JSON nested too deeply") from None
     repaired = _TRAILING_COMMA.sub(r"\1", span.replace("\u201c", '"').replace("\u201d", '"'))
     try:
         return json.loads(repaired, strict=False)
