@@ -171,10 +171,15 @@ def _transfer(url: str, part: Path, *, timeout: float, meter: "_Progress") -> in
         length = reply.headers.get("Content-Length")
         total = have + int(length) if length and length.isdigit() else None
         meter.start(have, total)
-        with open(part, mode) as out:
-            got = _copy(reply, out, meter)
-            out.flush()
-            os.fsync(out.fileno())
+        try:
+            with open(part, mode) as out:
+                got = _copy(reply, out, meter)
+                out.flush()
+                os.fsync(out.fileno())
+        except OSError as exc:  # our side (disk full, read-only folder): not worth retrying, one clear line
+            meter.abort()
+            raise DownloadError(f"cannot write {part}: {exc.strerror or exc}; free some space or choose another "
+                                "data folder (ESR_LOCAL_HOME), then try again (the download resumes)") from None
     if total is not None and have + got < total:
         raise _Interrupted(f"connection closed after {have + got} of {total} bytes")
     return total

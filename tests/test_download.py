@@ -98,6 +98,22 @@ def test_downloads_verifies_and_leaves_no_part_file(server, tmp_path):
     assert len(server.requests) == 1
 
 
+def test_a_full_disk_is_one_clear_error_not_a_traceback(server, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from esr_local import download
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(download.os, "fsync", full)
+    dest = tmp_path / "file.bin"
+    with pytest.raises(DownloadError, match="cannot write .*file.bin.part: No space left on device") as info:
+        fetch_url(server.url, dest, sha256=SHA, progress=False)
+    assert "\n" not in str(info.value) and not dest.exists() and len(server.requests) == 1  # not retried
+
+
 def test_an_interrupted_transfer_resumes_with_a_range_request(server, tmp_path):
     server.cut_after = [50_000, 70_000]  # two replies cut short, the third completes
     dest = tmp_path / "file.bin"
