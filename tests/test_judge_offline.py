@@ -125,6 +125,14 @@ def test_a_rubric_is_refused(tmp_path):
         OfflineJudge(rubric=other)
 
 
+def test_a_rubric_is_refused_before_it_is_fetched(monkeypatch, tmp_path):
+    monkeypatch.setenv("ESR_LOCAL_OFFLINE", "1")  # `paper` is not cached: resolving it would fail first
+    monkeypatch.setenv("ESR_LOCAL_HOME", str(tmp_path))
+    for rubric in ("paper", str(tmp_path / "no-such-rubric.toml")):
+        with pytest.raises(UserInputError, match="reads no rubric"):
+            make_judge("offline", rubric=rubric)
+
+
 def test_closed_judge_records_an_error(smollm2_path):
     j = OfflineJudge(smollm2_path)
     j.close()

@@ -81,6 +81,12 @@ def make_judge(
     backend, _, rest = (spec or "").strip().partition(":")
     backend = backend.lower()
     rest = rest.strip()
+    asks_rubric = rubric.strip() not in ("", "default") if isinstance(rubric, str) else (
+        rubric is not None and rubric != DEFAULT_RUBRIC)
+    if backend == "offline" and asks_rubric:
+        # before resolve_rubric: `--rubric paper` would otherwise download (or ask for) a file that is never read
+        raise UserInputError("the offline judge reads no rubric; drop --rubric, or pick an LLM judge "
+                             "(local, openai:MODEL, anthropic) to use one")
     common = dict(
         restart_gating=restart_gating,
         max_retries=max_retries,
