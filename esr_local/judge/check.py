@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,27 +275,8 @@ def _read_cached(path: Path) -> dict[str, Any] | None:
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    """Atomic write (temp file in the same folder, fsync, rename)."""
-    payload = json.dumps(obj, indent=1, sort_keys=True, default=str).encode()
-    try:
-        from ..atomic import atomic_write  # BADINPUT's shared helper, when present
-    except ImportError:
-        atomic_write = None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if atomic_write is not None:
-        with atomic_write(path, mode="wb") as fh:
-            fh.write(payload)
-        return
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Atomic write through the project's shared helper (a failed write leaves no half file)."""
+    from ..atomic import atomic_write
+
+    with atomic_write(path, mode="wb") as fh:
+        fh.write(json.dumps(obj, indent=1, sort_keys=True, default=str).encode())
