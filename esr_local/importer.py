@@ -193,15 +193,23 @@ def _plan(path: Path, data: dict[str, Any]) -> tuple[list[dict], list[tuple[dict
     return latents, trials
 
 
-def import_reference(store: Store, path: str | Path) -> str:
-    """Import a reference-implementation result file as a new run; returns the run id.
+def read_reference(path: str | Path) -> tuple[Path, dict[str, Any], list[dict], list]:
+    """Read and check a reference-implementation result file without touching any database.
 
     Raises MissingResourceError if the file does not exist and FormatError (one line, naming the
-    offending entry) if it is not in the reference format.
+    offending entry) if it is not in the reference format. The result is what `import_reference` takes.
     """
     path = Path(path).expanduser()
     data = _load(path)
     latents, trials = _plan(path, data)
+    return path, data, latents, trials
+
+
+def import_reference(store: Store, path: str | Path | tuple) -> str:
+    """Import a reference-implementation result file (a path, or what `read_reference` returned) as a new
+    run; returns the run id. Errors as for `read_reference`, raised before anything is written.
+    """
+    path, data, latents, trials = path if isinstance(path, tuple) else read_reference(path)
     config = data["experiment_config"]
     settings = {
         "experiment": "import",

@@ -194,3 +194,16 @@ def test_multi_boost_file_splits_trials_into_sweep_levels(tmp_path):
     assert sorted(rows) == ["sweep:0", "sweep:1", "sweep:2"]
     assert (rows["sweep:1"]["n"], rows["sweep:1"]["multi_attempt_count"], rows["sweep:1"]["improved_count"]) == (2, 2, 1)
     assert rows["sweep:1"]["esr_rate"] == 50.0 and rows["sweep:0"]["mean_first_score"] == 90.0
+
+
+def test_cli_malformed_file_leaves_no_database(tmp_path):
+    """A malformed import file is one Error: line, and the new database it named is never created."""
+    from click.testing import CliRunner
+
+    from esr_local.cli import main
+
+    path = write(tmp_path, _broken(lambda d: d["results_by_feature"][0]["trials"].append("oops")))
+    db = tmp_path / "new" / "esr.db"
+    result = CliRunner().invoke(main, ["import", str(path), "--db", str(db)])
+    assert result.exit_code == 1 and "trials[4]: expected an object" in result.output
+    assert not db.exists() and not db.parent.exists()
