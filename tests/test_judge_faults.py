@@ -124,6 +124,9 @@ class FaultyServer:
             def fault_atext(self, _):  # a text block whose text is not a string
                 self._send(200, json.dumps({"type": "message", "content": [{"type": "text", "text": 7}]}).encode())
 
+            def fault_aerrstr(self, _):  # an error body whose `error` is a bare string (a proxy, say)
+                self._send(200, json.dumps({"type": "error", "error": "upstream overloaded"}).encode())
+
             def fault_unauthorized(self, _):
                 self._send(401, b'{"error": {"message": "bad key"}}')
 
@@ -321,10 +324,12 @@ def test_complete_returns_raw_text_and_retries_transient_failures():
 
 
 def test_anthropic_overload_with_retry_after_and_a_wrongly_typed_block_are_retried():
-    with FaultyServer(["overloaded:0.3", "atext", "aok"]) as server:
-        judge = make_judge("anthropic", api_key="k-test", base_url=server.url, retry_backoff=0.01, timeout=10)
+    with FaultyServer(["overloaded:0.3", "atext", "aerrstr", "aok"]) as server:
+        judge = make_judge("anthropic", api_key="k-test", base_url=server.url, retry_backoff=0.01, timeout=10,
+                           max_retries=4)
         result = judge.judge("p", "r", "l")
-    assert result.parse_status == "ok" and result.tries == 3
+    assert result.parse_status == "ok" and result.tries == 4
     assert "HTTP 529" in result.errors[0] and "Overloaded" in result.errors[0]
     assert "text is not a string" in result.errors[1]
+    assert result.errors[2] == "backend error: Anthropic API error: upstream overloaded"  # was an AttributeError
     assert server.arrivals[1] - server.arrivals[0] >= 0.3

@@ -70,8 +70,9 @@ class AnthropicJudge(Judge):
             secrets=(self._api_key,),
         )
         if reply.get("type") == "error":
-            err = reply.get("error") or {}
-            raise RetryableError(f"Anthropic API error: {err.get('type')}: {err.get('message')}")
+            err = reply.get("error")
+            detail = f"{err.get('type')}: {err.get('message')}" if isinstance(err, dict) else str(err)[:300]
+            raise RetryableError(f"Anthropic API error: {detail}")
         blocks = reply.get("content")
         if not isinstance(blocks, list):
             raise RetryableError("Anthropic reply has no content list")
