@@ -121,6 +121,7 @@ def test_parse_messy_outputs(name):
 
 PARSE_ERRORS = {
     "empty": "",
+    "score_int_beyond_float": '{"attempts": [{"attempt_text": "a", "score": ' + "9" * 400 + "}]}",
     "plain_prose": "The response is fine, I would give it 80.",
     "json_without_attempts": '<json>{"score": 80}</json>',
     "attempts_not_list": '<json>{"attempts": "one"}</json>',

@@ -160,6 +160,8 @@ def _score(value: Any, n: int) -> float | None:
         if not match:
             raise JudgeParseError(f"attempt {n}: score {value!r} is not a number")
         value = float(match.group(1))
+    if isinstance(value, int) and not -1e300 < value < 1e300:  # math.isfinite would raise OverflowError
+        raise JudgeParseError(f"attempt {n}: score {str(value)[:20]}... is outside 0-100")
     if not isinstance(value, (int, float)) or not math.isfinite(value):
         raise JudgeParseError(f"attempt {n}: score {value!r} is not a finite number")
     if not 0 <= value <= 100:
