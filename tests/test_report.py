@@ -169,6 +169,8 @@ def test_report_errors_are_one_line(imported, tmp_path):
     code, _, err = _cli("report", ids["meta"], "--db", str(tmp_path / "none.db"), "-o", str(tmp_path / "r"))
     assert code == 1 and "no esr-local database" in err and not (tmp_path / "none.db").exists()
     assert not (tmp_path / "r").exists()
+    code, _, err = _cli("report", ids["meta"], "--db", str(db), "-o", "")  # not the current folder
+    assert code == 2 and "'--output'" in err and "must not be empty" in err and err.count("\n") == 1
 
 
 def test_missing_matplotlib_is_one_clear_line(imported, tmp_path):
