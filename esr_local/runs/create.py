@@ -115,8 +115,10 @@ def _abs(path: str | None) -> str | None:
     return path
 
 
-def build_judge(ref_or_opts, *, n_threads: int | None = None):
-    """A judge from a JudgeRef or RunOptions (spec, model path, base URL, rubric, timeout, gating)."""
+def build_judge(ref_or_opts, *, n_threads: int | None = None, n_gpu_layers: int | None = None):
+    """A judge from a JudgeRef or RunOptions (spec, model path, base URL, rubric, timeout, gating).
+
+    `n_threads` and `n_gpu_layers` (the run's --threads/--gpu-layers) reach in-process judges too."""
     from ..judge import make_judge
 
     if isinstance(ref_or_opts, JudgeRef):
@@ -127,7 +129,8 @@ def build_judge(ref_or_opts, *, n_threads: int | None = None):
         spec, path, url, rubric, timeout, gating = (o.judge, o.judge_model_path, o.judge_base_url, o.rubric,
                                                     o.judge_timeout, o.restart_gating)
     extra = {k: v for k, v in (("rubric", rubric), ("timeout", timeout)) if v is not None}
-    return make_judge(spec, model_path=path, base_url=url, restart_gating=gating, n_threads=n_threads, **extra)
+    return make_judge(spec, model_path=path, base_url=url, restart_gating=gating, n_threads=n_threads,
+                      n_gpu_layers=n_gpu_layers or 0, **extra)
 
 
 def _latents(opts: RunOptions, sae, store, seed: int, sae_source: str) -> tuple[list[int], dict, dict[int, str]]:
@@ -228,7 +231,7 @@ def create_run(store, opts: RunOptions, command_line: list[str] | None = None,
         names.append(c)
     conditions = [c.name for c in check_conditions(names, meta)]
     seed = opts.seed if opts.seed is not None else random.randint(0, MAX_SEED)
-    judge = build_judge(opts, n_threads=opts.threads)
+    judge = build_judge(opts, n_threads=opts.threads, n_gpu_layers=opts.gpu_layers)
     try:
         desc = judge.describe()
         check = ensure_judge_checked(judge, allow_weak=opts.allow_weak_judge, skip=opts.skip_judge_check, echo=echo)

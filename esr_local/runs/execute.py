@@ -141,7 +141,8 @@ class _Execution:
 
                 lm.set_ablation(ablation_for_spec(spec.ablation, sae))
             if self.judge is None:
-                self.judge = build_judge(spec.judge, n_threads=spec.runtime.get("threads"))
+                self.judge = build_judge(spec.judge, n_threads=spec.runtime.get("threads"),
+                                         n_gpu_layers=spec.runtime.get("gpu_layers"))
             from .spec import judge_key
 
             if judge_key(self.judge.describe()) != spec.judge.key:
