@@ -109,7 +109,11 @@ def run_cmd(ctx, db, resume_run, as_json, threads, gpu_layers, meta_prompts, con
             raise UserInputError(f"--resume continues a run exactly as it was created; drop {', '.join(given)} "
                                  "(only --threads, --gpu-layers, --db and --json may change)")
         run_id = store.get_run(resume_run)["id"]
+        # --threads/--gpu-layers change how the run executes, not what it does: those typed apply.
+        runtime = {name: value for name, value in (("threads", threads), ("gpu_layers", gpu_layers))
+                   if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
     else:
+        runtime = None
         given = given_options(ctx, REPLAY_CONFLICTS) if kw.get("replay_run") else []
         if given:
             raise UserInputError(f"--replay reuses the source run's latents, boosts, model, SAE, prompts, seeds and "
@@ -119,7 +123,7 @@ def run_cmd(ctx, db, resume_run, as_json, threads, gpu_layers, meta_prompts, con
                           **{k: (list(v) if k == "latents" else v) for k, v in kw.items()})
         run_id, judge = create_run(store, opts, ["esr-local", *sys.argv[1:]], echo=echo)
         echo(f"run {run_id} created (resume with: esr-local run --resume {run_id})")
-    summary = execute_run(store, run_id, judge=judge, echo=echo, progress=progress_printer())
+    summary = execute_run(store, run_id, judge=judge, echo=echo, progress=progress_printer(), runtime=runtime)
     if sys.stderr.isatty():
         click.echo("", err=True)
     from esr_local.metrics import metrics_for_store

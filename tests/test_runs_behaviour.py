@@ -287,3 +287,26 @@ def test_a_latent_set_gives_the_run_its_latents_labels_and_provenance(tmp_path):
     assert spec["latent_source"]["funnel"] == {"all": 10, "kept": 2}
     with pytest.raises(UserInputError, match="give --latent-set or --latent"):
         create_run(store, RunOptions(latent_set="two", latents=[1], boost=1.0, judge="local", skip_judge_check=True))
+
+
+def test_resume_runs_with_the_threads_and_gpu_layers_typed_then(tmp_path, monkeypatch):
+    import esr_local.runs.execute as execute
+
+    db = tmp_path / "t.db"
+    store = Store(db)
+    run_id, judge = create_run(store, RunOptions(latents=[0], boost=1.0, judge="openai:test-judge",
+                                                 judge_base_url="http://127.0.0.1:9", skip_judge_check=True,
+                                                 max_tokens=8, n_ctx=512, threads=1))
+    judge.close()
+    store.close()
+    seen = []
+
+    def fake_model(path, **kw):
+        seen.append((kw["n_threads"], kw["n_gpu_layers"]))
+        raise UserInputError("stop here")
+
+    monkeypatch.setattr(execute, "SteeredModel", fake_model)
+    for extra, expected in (([], (1, 0)), (["--threads", "2", "--gpu-layers", "-1"], (2, -1))):
+        r = _cli(["run", "--resume", run_id, *extra], db)
+        assert r.exit_code == 1 and "stop here" in r.output, r.output
+        assert seen.pop() == expected

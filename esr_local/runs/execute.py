@@ -13,7 +13,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import numpy as np
@@ -75,13 +75,19 @@ def load_spec(run: dict) -> RunSpec:
 
 
 def execute_run(store, run_id: str, *, judge=None, echo: Callable[[str], None] | None = None,
-                progress: Callable[[str], None] | None = None) -> dict:
-    """Run (or continue) every missing trial of a run; returns the summary (also stored on the run)."""
+                progress: Callable[[str], None] | None = None, runtime: dict | None = None) -> dict:
+    """Run (or continue) every missing trial of a run; returns the summary (also stored on the run).
+
+    `runtime` (threads, gpu_layers) overrides, for this execution only, how the stored spec runs; None
+    values keep the stored ones."""
     echo = echo or (lambda s: print(s, file=sys.stderr))
     progress = progress or echo
     run = store.get_run(run_id)
     run_id = run["id"]
     spec = load_spec(run)
+    overrides = {k: v for k, v in (runtime or {}).items() if v is not None}
+    if overrides:
+        spec = replace(spec, runtime={**spec.runtime, **overrides})
     me = this_process()
     holder = store.take_lease(run_id, me, is_alive=holder_alive)
     if holder is not None:
