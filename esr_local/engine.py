@@ -298,10 +298,7 @@ class SteeredModel:
         self._clear_memory()
         samplers = [make_sampler(sampling, int(s), self.n_ctx, self.n_vocab) for s in seeds]
         try:
-            gens = self._decode_loop(prompt_texts, prompts, samplers, sampling, seeds, on_text)
-            if self._ablation is not None and self._ablation.error:
-                raise BackendError(f"in-graph ablation failed: {self._ablation.error}")
-            return gens
+            return self._decode_loop(prompt_texts, prompts, samplers, sampling, seeds, on_text)
         finally:
             for smpl in samplers:
                 llama_cpp.llama_sampler_free(smpl)
@@ -332,6 +329,9 @@ class SteeredModel:
             b.logits[i] = logits
         b.n_tokens = len(entries)
         rc = llama_cpp.llama_decode(self._ctx, b)
+        if self._ablation is not None and self._ablation.error:  # checked per decode: every path, this batch's own
+            error, self._ablation.error = self._ablation.error, None
+            raise BackendError(f"in-graph ablation failed: {error}")
         if rc != 0:
             raise BackendError(f"llama_decode failed (rc={rc}); the context may be full, raise --n-ctx")
 

@@ -188,3 +188,24 @@ def test_encoder_may_read_an_earlier_layer(firing_sae, smollm2):
     assert (f > 0).any()
     with pytest.raises(UserInputError, match="must not come after"):
         Ablation(sae, [A], LAYER, encode_layer=LAYER + 1)
+
+
+def test_a_failing_callback_fails_that_generation_only_with_its_own_error(firing_sae, smollm2, monkeypatch):
+    """An exception in the callback is that generation's BackendError (not a stale one on the next
+    generation, not llama_decode's 'context may be full'), on the plain and the prefill path alike."""
+    from esr_local.errors import BackendError
+    from esr_local.prefill import generate_after_prefix
+
+    sae = load_sae(str(firing_sae))
+    ab = Ablation(sae, [A], LAYER)
+    smollm2.set_ablation(ab)
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(ab, "ablate_rows", lambda h, h_enc: 1 / 0)
+            with pytest.raises(BackendError, match="in-graph ablation failed: ZeroDivisionError"):
+                smollm2.generate(PROMPTS[1], GREEDY, 0)
+            with pytest.raises(BackendError, match="in-graph ablation failed: ZeroDivisionError"):
+                generate_after_prefix(smollm2, PROMPTS[1], "Sure", GREEDY, 0)
+        assert smollm2.generate(PROMPTS[1], GREEDY, 0).token_ids  # the next generation works again
+    finally:
+        smollm2.set_ablation(None)
