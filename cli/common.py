@@ -89,3 +89,15 @@ def non_empty(ctx, param, value):
         if v is not None and not str(v).strip():
             raise click.BadParameter("must not be empty")
     return value
+
+
+def folder_path(ctx, param, value):
+    """Click callback for an output folder given as a string: a Path, refusing an empty value
+    (Path("") would silently be the current folder)."""
+    if value is None:
+        return None
+    if not str(value).strip():
+        raise click.BadParameter("must not be empty; give a folder")
+    from pathlib import Path
+
+    return Path(value)

@@ -7,20 +7,14 @@ from pathlib import Path
 
 import click
 
+from .common import folder_path
 from .options import db_option, json_option, open_store
-
-
-def _folder(value: str) -> Path:
-    """-o as a Path; an empty value is refused (Path("") would be the current folder)."""
-    if not value.strip():
-        raise click.BadParameter("must not be empty; give a folder for the report")
-    return Path(value)
 
 
 @click.command(name="report")
 @click.argument("runs", nargs=-1, required=True, metavar="RUN...")
 @click.option("--output", "-o", "output", required=True, type=click.Path(file_okay=False),
-              callback=lambda ctx, param, value: _folder(value), help="Folder for index.html and report.json (created if missing; files in it are replaced).")
+              callback=folder_path, help="Folder for index.html and report.json (created if missing; files in it are replaced).")
 @click.option("--title", default=None, help="Page title (default: the run ids).")
 @click.option("--judge", "judge", default=None,
               help="Count this judge's judgments (as for `esr-local metrics --judge`); default: each run's own judge.")

@@ -13,7 +13,7 @@ from esr_local.paths import default_vector_out_dir
 from esr_local.steering import choose_layer, open_sae, pair_terms, sae_display_source, vector_for_terms
 from esr_local.vectors import describe, read_gguf, write_gguf
 
-from .common import finite_float, non_empty
+from .common import finite_float, folder_path, non_empty
 
 
 @click.group(name="vector")
@@ -84,7 +84,8 @@ def vector_inspect(file, as_json):
 @click.option("--model", "-m", default=None, help="GGUF path or catalog name (default: the embedded SmolLM2).")
 @click.option("--layer", type=int, default=None, help="Layer to read (default: the catalog's steering layer).")
 @click.option("--concepts", type=click.Path(exists=True, dir_okay=False), default=None, help="Concepts TOML (default: the shipped one).")
-@click.option("--output", "-o", type=click.Path(file_okay=False), required=True, help="Output folder (SAELens layout).")
+@click.option("--output", "-o", type=click.Path(file_okay=False), required=True, callback=folder_path,
+              help="Output folder (SAELens layout).")
 def vector_build_dictionary(model, layer, concepts, output):
     """Rebuild a contrastive concept dictionary (the embedded default's recipe) from text."""
     from esr_local.dictionary import build_concept_dictionary

@@ -67,6 +67,8 @@ OPTION_CASES: dict[str, tuple[list[str], dict[str, str], str]] = {
     "ESR_LOCAL_HOME is a file": (["import", "{root}/ref.json"], {"ESR_LOCAL_HOME": "{root}/a_file"}, "is a file, not a folder"),
     "ESR_LOCAL_DB under a file": (["import", "{root}/ref.json"], {"ESR_LOCAL_DB": "{root}/a_file/x.db"}, "is a file, not a folder"),
     "import a folder": (["import", "--db", "{db}", "{root}"], {}, "directory"),
+    "build-dictionary -o ''": (["vector", "build-dictionary", "-o", " "], {}, "must not be empty"),
+    "report -o ''": (["report", "x", "--db", "{db}", "-o", ""], {}, "must not be empty"),
     "run --seed 2^32": (["run", "--db", "{db}", "-l", "1", "--boost", "1", "--seed", str(2**32)], {}, "4294967295"),
     "calibrate --seed 2^32": (["calibrate", "--db", "{db}", "-l", "1", "--seed", str(2**32)], {}, "4294967295"),
     "run --target-score nan": (["run", "--db", "{db}", "-l", "1", "--target-score", "nan"], {}, "not a finite number"),
