@@ -424,7 +424,12 @@ class Store:
                     f"trial {trial_id} is already recorded; skip the keys from finished_trial_keys() when resuming"
                 ) from exc
             if judgment is not None:
-                self._insert_judgment(trial_id, self._judgment_row(trial_id, judgment), attempts)
+                row = self._judgment_row(trial_id, judgment)
+                self._insert_judgment(trial_id, row, attempts)
+                # A run created without a judge (an import) takes its first judgment's judge as its own, so
+                # a later re-grade by another judge neither replaces its results nor doubles them (run_metrics).
+                self.db.execute("UPDATE runs SET judge_key = ? WHERE id = ? AND judge_key IS NULL",
+                                (row["judge_key"], trial["run_id"]))
         return trial_id
 
     @staticmethod
@@ -444,7 +449,8 @@ class Store:
         return row
 
     def run_judge_key(self, run_id: str) -> str | None:
-        """The judge whose judgments are a run's results (None for runs without one, e.g. imports)."""
+        """The judge whose judgments are a run's results: the one it was created with, or for a run created
+        without one (an import) the judge of its first recorded judgment; None while it has none."""
         rows = self._query("SELECT judge_key FROM runs WHERE id = ?", (run_id,))
         return rows[0]["judge_key"] if rows else None
 

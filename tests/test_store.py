@@ -283,3 +283,22 @@ def test_failed_generations_are_removed_for_a_rerun_failed_judgments_kept_to_rej
     assert todo["prompt_index"] == 2
     store.merge_run_settings(run_id, {"sweep_boost_levels": [0.0, 2.5]})
     assert store.get_run(run_id)["settings"] == {"experiment": "esr", "prompts": ["a"], "sweep_boost_levels": [0.0, 2.5]}
+
+
+def test_an_imported_run_keeps_its_own_judgments_as_results_after_a_regrade(store):
+    """A run created without a judge (an import) takes its first judgment's judge: a re-grade by another
+    judge neither replaces its results (Python metrics) nor counts twice (run_metrics view)."""
+    from esr_local.metrics import metrics_for_store
+
+    rid = store.create_run({"experiment": "import"})
+    tid = store.record_trial({"run_id": rid, "condition": "steered", "latent": 1, "prompt_index": 0, "replicate": 0,
+                              "response": "r"}, {"judge_backend": "anthropic", "judge_model": "haiku", "parse_status": "ok"},
+                             [{"text": "a", "score": 10}, {"text": "b", "score": 90}])
+    assert store.run_judge_key(rid) == "anthropic:haiku"
+    store.record_judgment(tid, {"judge_key": "offline:x:abc", "parse_status": "ok"}, [{"text": "a", "score": 50}])
+    (py,) = metrics_for_store(store, [rid])
+    (sql,) = store.db.query("SELECT * FROM run_metrics WHERE run_id = ?", [rid])
+    assert (py["n"], py["multi_attempt_count"], py["judge_key"]) == (1, 1, "anthropic:haiku")
+    assert (sql["n"], sql["multi_attempt_count"]) == (1, 1)
+    (other,) = metrics_for_store(store, [rid], judge="offline:x:abc")
+    assert (other["n"], other["multi_attempt_count"]) == (1, 0)
