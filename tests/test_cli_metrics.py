@@ -143,3 +143,29 @@ def test_failed_import_does_not_create_a_database(runner, tmp_path):
     result = runner.invoke(main, ["import", str(tmp_path / "nope.json"), "--db", str(tmp_path / "new.db")])
     assert_one_line_error(result, "no such file")
     assert not (tmp_path / "new.db").exists()
+
+
+def test_paired_interval_is_the_normal_interval_of_the_mean_paired_difference(tmp_path):
+    """Hand-computed: multi-attempt differences (B - A) -1, 1, 0, 0; ESR differences -1, 1, 1, 0."""
+    from esr_local.paired import Z95, paired_comparison
+
+    scores_a = [[10, 90], [50], [90, 10], [50]]
+    scores_b = [[50], [10, 90], [10, 90], [50]]
+    with Store(tmp_path / "p.db") as store:
+        runs = []
+        for scores in (scores_a, scores_b):
+            rid = store.create_run({"experiment": "esr", "judge_key": "j:k"})
+            for i, s in enumerate(scores):
+                store.record_trial({"run_id": rid, "condition": "steered", "latent": 1, "prompt_index": i,
+                                    "replicate": 0, "seed": i, "response": "r"}, {"judge_key": "j:k", "parse_status": "ok"},
+                                   [{"text": "t", "score": x} for x in s])
+            runs.append(rid)
+        res = paired_comparison(store, *runs)
+    assert res["pairs"] == 4 and res["unpaired"] == 0
+    for name, diffs in (("multi_attempt", [-1, 1, 0, 0]), ("esr", [-1, 1, 1, 0])):
+        mean = sum(diffs) / 4
+        se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 3) / 2
+        got = res[name]
+        assert got["difference"] == pytest.approx(100 * mean) and got["se"] == pytest.approx(100 * se)
+        assert got["ci95"] == pytest.approx([100 * (mean - Z95 * se), 100 * (mean + Z95 * se)])
+    assert (res["esr"]["a_rate"], res["esr"]["b_rate"]) == (25.0, 50.0)
