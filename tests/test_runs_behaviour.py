@@ -301,12 +301,24 @@ def test_resume_runs_with_the_threads_and_gpu_layers_typed_then(tmp_path, monkey
     store.close()
     seen = []
 
-    def fake_model(path, **kw):
-        seen.append((kw["n_threads"], kw["n_gpu_layers"]))
+    class FakeModel:
+        n_embd = 576
+
+        def __init__(self, path, **kw):
+            seen.append(("model", kw["n_threads"], kw["n_gpu_layers"]))
+
+        def close(self):
+            pass
+
+    def fake_judge(ref, *, n_threads=None, n_gpu_layers=None):
+        seen.append(("judge", n_threads, n_gpu_layers))
         raise UserInputError("stop here")
 
-    monkeypatch.setattr(execute, "SteeredModel", fake_model)
-    for extra, expected in (([], (1, 0)), (["--threads", "2", "--gpu-layers", "-1"], (2, -1))):
+    monkeypatch.setattr(execute, "SteeredModel", FakeModel)
+    monkeypatch.setattr(execute, "build_judge", fake_judge)
+    for extra, model, judge in (([], (1, 0), (1, 0)), (["--threads", "2", "--gpu-layers", "-1"], (2, -1), (2, 0))):
         r = _cli(["run", "--resume", run_id, *extra], db)
         assert r.exit_code == 1 and "stop here" in r.output, r.output
-        assert seen.pop() == expected
+        # the in-process judge keeps the offload it was created with: it is part of its judge key
+        assert seen == [("model", *model), ("judge", *judge)]
+        seen.clear()

@@ -79,12 +79,14 @@ def execute_run(store, run_id: str, *, judge=None, echo: Callable[[str], None] |
     """Run (or continue) every missing trial of a run; returns the summary (also stored on the run).
 
     `runtime` (threads, gpu_layers) overrides, for this execution only, how the stored spec runs; None
-    values keep the stored ones."""
+    values keep the stored ones. An in-process judge keeps the GPU offload it was created with (it is part
+    of its judge key, so another would fail the judge check)."""
     echo = echo or (lambda s: print(s, file=sys.stderr))
     progress = progress or echo
     run = store.get_run(run_id)
     run_id = run["id"]
     spec = load_spec(run)
+    judge_gpu_layers = spec.runtime.get("gpu_layers")
     overrides = {k: v for k, v in (runtime or {}).items() if v is not None}
     if overrides:
         spec = replace(spec, runtime={**spec.runtime, **overrides})
@@ -101,7 +103,7 @@ def execute_run(store, run_id: str, *, judge=None, echo: Callable[[str], None] |
                              system_info=system_info(), machine=machine())
         store.set_run_status(run_id, "started")
         try:
-            summary = _Execution(store, run_id, spec, judge, echo, progress).run()
+            summary = _Execution(store, run_id, spec, judge, echo, progress, judge_gpu_layers).run()
         except KeyboardInterrupt:
             store.set_run_status(run_id, "cancelled", "interrupted (Ctrl-C); resume with --resume")
             raise
@@ -129,9 +131,10 @@ def _failure_line(s: dict) -> str:
 class _Execution:
     """One execution of a run: everything it needs, opened once."""
 
-    def __init__(self, store, run_id: str, spec: RunSpec, judge, echo, progress):
+    def __init__(self, store, run_id: str, spec: RunSpec, judge, echo, progress, judge_gpu_layers=None):
         self.store, self.run_id, self.spec, self.judge = store, run_id, spec, judge
         self.echo, self.progress = echo, progress
+        self.judge_gpu_layers = judge_gpu_layers
 
     def run(self) -> dict:
         spec = self.spec
@@ -148,7 +151,7 @@ class _Execution:
                 lm.set_ablation(ablation_for_spec(spec.ablation, sae))
             if self.judge is None:
                 self.judge = build_judge(spec.judge, n_threads=spec.runtime.get("threads"),
-                                         n_gpu_layers=spec.runtime.get("gpu_layers"))
+                                         n_gpu_layers=self.judge_gpu_layers)
             from .spec import judge_key
 
             if judge_key(self.judge.describe()) != spec.judge.key:
