@@ -95,7 +95,7 @@ def trace_trial(store, trial_id: str, latents: Sequence[int], *, steered: bool =
     """The trace of a stored trial (see module docstring); `model` may be a loaded SteeredModel."""
     from .engine import SteeredModel
     from .runs.execute import load_spec
-    from .runs.resources import open_run_sae
+    from .runs.resources import check_model, open_run_sae
 
     rows = store.db.execute("SELECT * FROM trials WHERE id = ? OR id LIKE ?", (trial_id, f"{trial_id}%")).fetchall()
     if len(rows) != 1:
@@ -104,6 +104,8 @@ def trace_trial(store, trial_id: str, latents: Sequence[int], *, steered: bool =
     cols = [d[0] for d in store.db.execute("SELECT * FROM trials LIMIT 0").description]
     trial = dict(zip(cols, rows[0]))
     spec = load_spec(store.get_run(trial["run_id"]))
+    if model is None:
+        check_model(spec.model)  # the trace is of the model the trial ran on, as on resume
     sae, dec = open_run_sae(spec)
     lat = [int(j) for j in latents] or [int(trial["latent"])]
     for j in lat:

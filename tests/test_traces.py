@@ -67,3 +67,25 @@ def test_trace_cli_json_and_csv(source_run):  # noqa: F811
     assert bad.exit_code != 0 and "no trial matches 'nope'" in bad.output
     bad = CliRunner().invoke(main, ["trace", tid, "--latents", "x", "--db", str(db)])
     assert bad.exit_code != 0 and "comma-separated integers" in bad.output
+
+
+def test_trace_refuses_a_run_whose_model_file_changed(tmp_path):
+    """Like a resume: a trace reads the model file the run recorded; another file is one clear error."""
+    import pytest
+
+    from esr_local.errors import UserInputError
+    from esr_local.runs import RunOptions, create_run
+
+    store = Store(tmp_path / "m.db")
+    run_id, judge = create_run(store, RunOptions(latents=[0], boost=1.0, judge="openai:test-judge",
+                                                 judge_base_url="http://127.0.0.1:9", skip_judge_check=True,
+                                                 max_tokens=8, n_ctx=512))
+    judge.close()
+    spec = json.loads(store.get_run(run_id)["spec_json"])
+    spec["model"].update(sha256="0" * 64, mtime_ns=1)  # as if the file had been rewritten since creation
+    store.db.execute("UPDATE runs SET spec_json = ? WHERE id = ?", (json.dumps(spec), run_id))
+    tid = store.record_trial({"run_id": run_id, "condition": "steered", "latent": 0, "prompt_index": 0, "replicate": 0,
+                              "prompt": "Hi", "response": "Hello there.", "boost": 1.0}, None, [])
+    with pytest.raises(UserInputError, match="changed since the run was created"):
+        trace_trial(store, tid, [0])
+    store.close()
