@@ -83,11 +83,13 @@ def test_same_database_gives_byte_identical_report(imported, tmp_path):
         assert _cli("report", *runs, "--db", str(db), "-o", str(tmp_path / name))[0] == 0
     for file in ("index.html", "report.json"):
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
+    # self-contained: the only URLs in the page are the SVG/XLink namespace names (never fetched)
+    page = (tmp_path / "a" / "index.html").read_text()
+    assert set(re.findall(r"https?://[^\s\"'<>]*", page)) == {"http://www.w3.org/2000/svg", "http://www.w3.org/1999/xlink"}
     # giving the runs in another order (and by prefix) changes nothing either
     assert _cli("report", *[r[:20] for r in reversed(runs)], "--db", str(db), "-o", str(tmp_path / "c"))[0] == 0
     assert (tmp_path / "c" / "index.html").read_bytes() == (tmp_path / "a" / "index.html").read_bytes()
     # another process with another hash seed (set and dict orders) writes the same bytes
-    import os
 
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     code = "from esr_local.cli import main; main()"

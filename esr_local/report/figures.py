@@ -48,7 +48,8 @@ def to_svg(fig) -> str:
 
     buf = io.StringIO()
     with matplotlib.rc_context(_RC):
-        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": "esr-local"})
+        # no RDF metadata block: it carries Dublin Core / Creative Commons URLs; only the SVG namespaces remain
+        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
     text = buf.getvalue()
     return text[text.index("<svg"):]
 
