@@ -1,7 +1,8 @@
 """The conditions a trial can run under: one small type used by the runner, the importer and the metrics.
 
 A condition is stored as its `name`: `steered`, `baseline`, `meta:<id>`, `sweep:<k>`, `imported`,
-`ablation`, `prefill` (ablation and prefill are placeholders for experiments still to come).
+`ablation` (a replay with latents zero-ablated in the graph, esr_local.ablation_runs) and
+`prefill:first-attempt` / `prefill:matched` (esr_local.prefill_runs).
 """
 
 from __future__ import annotations
