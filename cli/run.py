@@ -19,6 +19,8 @@ from .options import db_option, open_store
 
 def judge_options(f):
     """The judge options shared by `run` and `calibrate`, plus the judge-check switches."""
+    f = click.option("--allow-unlabelled", is_flag=True,
+                     help="Steer latents without a real label (the judge sees a placeholder; recorded).")(f)
     f = click.option("--skip-judge-check", is_flag=True, help="Do not check the judge on the annotated cases (recorded).")(f)
     f = click.option("--allow-weak-judge", is_flag=True,
                      help="Run even if the judge misses the check's thresholds (warned and recorded).")(f)
@@ -30,7 +32,7 @@ RESUME_CONFLICTS = (
     "latents", "n_latents", "latent_set", "sae", "labels", "layer", "prompts_file", "prompts_per_latent", "replicates",
     "boost", "conditions", "meta_prompts", "meta_prompts_file", "sweep_levels", "replay_run", "target_score",
     "calibration_steps", "calibration_samples", "calibration_max_tokens", "calibration_remeasure", "seed", "parallel", "judge",
-    "judge_model_path", "judge_base_url", "rubric", "judge_timeout", "restart_gating", "allow_weak_judge",
+    "judge_model_path", "judge_base_url", "rubric", "judge_timeout", "restart_gating", "allow_weak_judge", "allow_unlabelled",
     "skip_judge_check", "model", "quant", "catalog", "n_ctx", "chat_mode", "boost_lower", "boost_upper",
     "boost_prior_mean", "boost_prior_std", "temperature", "max_tokens", "repetition_penalty", "top_k", "top_p", "min_p",
     "ablate", "ablate_set", "ablate_random", "ablate_seed", "ablate_order", "prefill",

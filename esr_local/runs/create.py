@@ -11,7 +11,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from ..calibration import CalibrationSettings
-from ..errors import UserInputError
+from ..errors import MissingResourceError, UserInputError
+from ..latent_labels import all_labels, attach_catalog_labels, check_labelled, is_placeholder
 from ..model_files import resolve_model
 from ..prompts import load_prompts, resolve_meta_prompt
 from ..provenance import machine, versions
@@ -57,6 +58,7 @@ class RunOptions:
     judge_timeout: float | None = None
     restart_gating: bool = False
     allow_weak_judge: bool = False
+    allow_unlabelled: bool = False
     skip_judge_check: bool = False
     target_score: float = 0.30
     calibration_steps: int = 10
@@ -149,10 +151,15 @@ def _latents(opts: RunOptions, sae, store, seed: int, sae_source: str) -> tuple[
     elif opts.latents:
         ids, source = [int(x) for x in opts.latents], {"kind": "given"}
     elif opts.n_latents:
-        if opts.n_latents > sae.d_sae:
-            raise UserInputError(f"--n-latents {opts.n_latents} exceeds the SAE's {sae.d_sae} latents")
-        ids = sorted(random.Random(f"{seed}:latents").sample(range(sae.d_sae), opts.n_latents))
-        source = {"kind": "drawn", "n": opts.n_latents}
+        # Drawn among the labelled latents when the SAE has labels (the paper drops placeholder labels);
+        # `esr-local latents select` applies the paper's other filters.
+        labelled = sorted(i for i, lab in all_labels(sae).items() if 0 <= i < sae.d_sae and not is_placeholder(lab))
+        pool = labelled or range(sae.d_sae)
+        if opts.n_latents > len(pool):
+            what = "labelled latents" if labelled else "latents"
+            raise UserInputError(f"--n-latents {opts.n_latents} exceeds the SAE's {len(pool)} {what}")
+        ids = sorted(random.Random(f"{seed}:latents").sample(pool, opts.n_latents))
+        source = {"kind": "drawn", "n": opts.n_latents, "from": "labelled" if labelled else "all"}
     else:
         raise UserInputError("give --latent (repeatable), --n-latents K or --latent-set NAME")
     for i in ids:
@@ -273,12 +280,20 @@ def _new_spec(store, opts: RunOptions, conditions: list[str], meta: dict, seed: 
                      n_embd=n_embd, chat_mode=chat_mode, chat_template=entry.chat_template if entry else None,
                      mtime_ns=fp["mtime_ns"])
     sae = open_sae(_abs(opts.sae), entry, _abs(opts.labels))
+    try:  # the catalog names a label source (Neuronpedia): downloaded once, then read offline
+        sae = attach_catalog_labels(sae, entry, explicit=bool(opts.sae or opts.labels))
+    except MissingResourceError:
+        if not opts.allow_unlabelled:
+            raise
     check_sae_fits(sae, n_embd, resolved.name)
     layer = choose_layer(opts.layer, entry, sae, n_layer, user_sae=opts.sae is not None)
     src_text = opts.sae or (entry.sae.source if entry else "")
     latents, latent_source, set_labels = _latents(opts, sae, store, seed, src_text)
     rows = {i: sae.decoder_row(i) for i in latents}
-    labels = {str(i): set_labels.get(i) or sae.label(i) or f"latent {i}" for i in latents}
+    found = {i: set_labels.get(i) or sae.label(i) for i in latents}
+    latent_source = {**latent_source,
+                     "labels_check": check_labelled(found, latents, allow_unlabelled=opts.allow_unlabelled)}
+    labels = {str(i): found[i] or f"latent {i}" for i in latents}
     prompt_set = load_prompts(_abs(opts.prompts_file))
     if opts.prompts_per_latent > len(prompt_set.prompts):
         raise UserInputError(f"--n-prompts {opts.prompts_per_latent} exceeds the {len(prompt_set.prompts)} prompts "
