@@ -322,3 +322,15 @@ def test_resume_runs_with_the_threads_and_gpu_layers_typed_then(tmp_path, monkey
         # the in-process judge keeps the offload it was created with: it is part of its judge key
         assert seen == [("model", *model), ("judge", *judge)]
         seen.clear()
+
+
+def test_a_gguf_header_with_deeply_nested_arrays_is_one_clear_error(tmp_path):
+    import struct
+
+    path = tmp_path / "nested.gguf"
+    key = b"k"
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key + struct.pack("<I", 9)
+                     + struct.pack("<IQ", 9, 1) * 5000 + struct.pack("<IQ", 4, 0))
+    r = _cli(["run", "--model", str(path), "--latent", "1", "--boost", "1", "--skip-judge-check"], tmp_path / "n.db")
+    assert r.exit_code == 1 and f"{path} is corrupt (GGUF arrays nested more than 4 deep)" in r.output, r.output
+    assert "Traceback" not in r.output and "RecursionError" not in r.output

@@ -11,6 +11,7 @@ from ..errors import FormatError
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
 _MAX_STRING = 1 << 26  # no header string is anywhere near 64 MiB; a larger length means a corrupt file
+_MAX_DEPTH = 4  # arrays of arrays nest no deeper than this in a real file; deeper is corrupt (not a RecursionError)
 
 
 def _read(fh: BinaryIO, fmt: str) -> Any:
@@ -31,18 +32,23 @@ def _string(fh: BinaryIO) -> str:
     return data.decode("utf-8", "replace")
 
 
-def _value(fh: BinaryIO, kind: int, keep: bool) -> Any:
+def _value(fh: BinaryIO, kind: int, keep: bool, depth: int = 0) -> Any:
     if kind in _SCALARS:
         return _read(fh, _SCALARS[kind])
     if kind == _STRING:
         return _string(fh)
     if kind == _ARRAY:
+        if depth >= _MAX_DEPTH:
+            raise FormatError(f"GGUF arrays nested more than {_MAX_DEPTH} deep")
         item, n = _read(fh, "<I"), _read(fh, "<Q")
         if item in _SCALARS and not keep:  # skip large numeric arrays (token scores) in one seek
             fh.seek(struct.calcsize(_SCALARS[item]) * n, 1)
             return None
-        values = [_value(fh, item, keep) for _ in range(n)]
-        return values if keep else None
+        if not keep:  # skipped: nothing is kept, so a huge count costs no memory (reads end at EOF)
+            for _ in range(n):
+                _value(fh, item, keep, depth + 1)
+            return None
+        return [_value(fh, item, keep, depth + 1) for _ in range(n)]
     raise FormatError(f"unknown GGUF value type {kind}")
 
 
@@ -63,6 +69,10 @@ def read_gguf_header(path: str | Path) -> dict[str, Any]:
                     meta[key] = value
         except EOFError:
             raise FormatError(f"{path} is truncated or corrupt (its GGUF header ends early)") from None
+        except FormatError as exc:
+            if str(path) in str(exc):
+                raise
+            raise FormatError(f"{path} is corrupt ({exc}); pass a .gguf model file") from None
     return meta
 
 
