@@ -57,9 +57,21 @@ class Trace:
         return buf.getvalue()
 
 
-def attempt_of_tokens(pieces: Sequence[str], response: str, attempts: Sequence[str]) -> list[int]:
+def _char_starts(pieces: Sequence[bytes]) -> list[int]:
+    """The character offset in the joined text of each token's first non-space byte (a token that
+    continues a character split across tokens maps to that character)."""
+    starts, done = [], b""
+    for piece in pieces:
+        lead = len(piece) - len(piece.lstrip()) if piece.strip() else 0
+        starts.append(len((done + piece[:lead]).decode("utf-8", "ignore")))
+        done += piece
+    return starts
+
+
+def attempt_of_tokens(pieces: Sequence[str] | Sequence[bytes], response: str, attempts: Sequence[str]) -> list[int]:
     """For each token, the index of the attempt whose text span (found in order in `response`) holds the
-    token's first non-space character; -1 outside every attempt."""
+    token's first non-space character; -1 outside every attempt. Give the tokens' raw bytes where a
+    character may be split across tokens (their decoded pieces then no longer add up to the text)."""
     spans, cursor = [], 0
     for k, text in enumerate(attempts):
         t = (text or "").strip()
@@ -67,13 +79,14 @@ def attempt_of_tokens(pieces: Sequence[str], response: str, attempts: Sequence[s
         if at >= 0:
             spans.append((at, at + len(t), k))
             cursor = at + len(t)
-    out, pos = [], 0
-    for piece in pieces:
-        first = pos + (len(piece) - len(piece.lstrip()) if piece.strip() else 0)  # its first visible character
-        k = next((k for a, b, k in spans if a <= first < b), -1)
-        out.append(k)
-        pos += len(piece)
-    return out
+    if pieces and isinstance(pieces[0], bytes):
+        starts = _char_starts(pieces)
+    else:
+        starts, pos = [], 0
+        for piece in pieces:
+            starts.append(pos + (len(piece) - len(piece.lstrip()) if piece.strip() else 0))  # first visible character
+            pos += len(piece)
+    return [next((k for a, b, k in spans if a <= first < b), -1) for first in starts]
 
 
 def trace_tokens(model, sae, prompt: str, response: str, latents: Sequence[int], layer: int,
@@ -120,7 +133,8 @@ def trace_trial(store, trial_id: str, latents: Sequence[int], *, steered: bool =
                                chat_template=spec.model.chat_template)
     try:
         n_prompt, toks, acts = trace_tokens(lm, sae, trial["prompt"], trial["response"] or "", lat, layer, directions)
-        pieces = [lm.llm.detokenize([t]).decode("utf-8", errors="replace") for t in toks]
+        raw = [lm.llm.detokenize([t]) for t in toks]
+        pieces = [b.decode("utf-8", errors="replace") for b in raw]
     finally:
         if own:
             lm.close()
@@ -128,4 +142,4 @@ def trace_trial(store, trial_id: str, latents: Sequence[int], *, steered: bool =
     attempts = [a.get("text") or "" for a in (judged[0]["attempts"] if judged else [])]
     return Trace(trial_id=trial["id"], latents=lat, layer=layer, steered=directions is not None, boost=boost,
                  prompt_tokens=n_prompt, tokens=list(toks), pieces=pieces,
-                 attempt=attempt_of_tokens(pieces, trial["response"] or "", attempts), acts=acts)
+                 attempt=attempt_of_tokens(raw, trial["response"] or "", attempts), acts=acts)

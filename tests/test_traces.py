@@ -89,3 +89,15 @@ def test_trace_refuses_a_run_whose_model_file_changed(tmp_path):
     with pytest.raises(UserInputError, match="changed since the run was created"):
         trace_trial(store, tid, [0])
     store.close()
+
+
+def test_attempt_boundaries_survive_characters_split_across_tokens():
+    """Byte-level tokens split 'é' and '🙂': their decoded pieces are longer than the text, so offsets
+    must come from the bytes (the first attempt's '.' was marked as the second attempt)."""
+    resp = "Café 🙂 ok. Wait, again!"
+    b = resp.encode()
+    cut = [0, 4, 5, 6, 8, 10, 13, 14, len(b)]  # inside 'é' (bytes 3-4) and inside the emoji (bytes 6-9)
+    raw = [b[i:j] for i, j in zip(cut, cut[1:])]
+    assert b"".join(raw) == b
+    assert attempt_of_tokens(raw, resp, ["Café 🙂 ok.", "Wait, again!"]) == [0, 0, 0, 0, 0, 0, 0, 1]
+    assert attempt_of_tokens(raw, resp, ["ok.", "Wait,"]) == [-1, -1, -1, -1, -1, 0, 0, 1]
