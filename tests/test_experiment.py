@@ -303,3 +303,12 @@ def test_a_condition_named_twice_runs_once(tmp_path):
     assert stored["conditions"] == ["steered", "meta:self_monitor"]
     assert stored["sampling"]["temperature"] == 0.6 and stored["calibration"] is None  # a fixed boost: no calibration
     assert len(stored["prompts"]) >= 38
+
+
+def test_a_sweep_over_a_latent_set_is_not_refused_as_too_few_latents():
+    from esr_local.runs.create import RunOptions
+
+    RunOptions(latent_set="my-set", sweep_levels=3).check()  # the set's latents are counted when it is loaded
+    for bad in (RunOptions(latents=[1], sweep_levels=3), RunOptions(latent_set="my-set", boost=1.0, sweep_levels=3)):
+        with pytest.raises(UserInputError, match="give at least 2 latents and no --boost"):
+            bad.check()

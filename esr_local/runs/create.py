@@ -106,7 +106,8 @@ class RunOptions:
             raise UserInputError("prompts per latent, replicates and parallel must be >= 1; sweep levels >= 0")
         if self.sweep_levels == 1:
             raise UserInputError("a boost sweep needs at least 2 levels")
-        if self.sweep_levels and (self.boost is not None or len(set(self.latents)) + (self.n_latents or 0) < 2):
+        few = not self.latent_set and len(set(self.latents)) + (self.n_latents or 0) < 2  # a set's size shows later
+        if self.sweep_levels and (self.boost is not None or few):
             raise UserInputError("a boost sweep spreads around the calibrated boosts of several latents: "
                                  "give at least 2 latents and no --boost")
 
