@@ -53,3 +53,25 @@ def test_drawn_latents_come_from_the_labelled_ones(tmp_path):
     assert spec["latent_source"]["labels_check"] == {"unlabelled": [], "allowed": False}
     with pytest.raises(UserInputError, match="exceeds the SAE's 19 labelled latents"):
         create_run(store, RunOptions(sae=str(folder), n_latents=20, seed=3, **OPTS))
+
+
+def test_run_creation_validates_cheap_inputs_before_the_judge_check_and_refuses_a_weak_judge(tmp_path):
+    from esr_local.judge import make_judge
+    from esr_local.judge.check import THRESHOLDS, WeakJudgeError, save_check
+
+    judge = make_judge("local", n_threads=1)
+    try:  # a cached, failing check for this judge: what `judge check` would have stored
+        save_check(judge, {"passed": False, **{k: 0.5 for k in THRESHOLDS}})
+    finally:
+        judge.close()
+    store = Store(tmp_path / "l.db")
+    opts = dict(boost=1.0, judge="local")
+    with pytest.raises(UserInputError, match="latent 999 is out of range"):  # not the judge's verdict
+        create_run(store, RunOptions(latents=[999], **opts))
+    with pytest.raises(WeakJudgeError, match="misses the judge-check thresholds.*--allow-weak-judge"):
+        create_run(store, RunOptions(latents=[1], **opts))
+    assert store.db["runs"].count == 0
+    run_id, judge = create_run(store, RunOptions(latents=[1], allow_weak_judge=True, **opts))
+    judge.close()
+    check = json.loads(store.get_run(run_id)["spec_json"])["judge"]["check"]
+    assert check["status"] == "weak-allowed" and check["summary"]["passed"] is False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import random
@@ -242,11 +243,10 @@ def create_run(store, opts: RunOptions, command_line: list[str] | None = None,
     judge = build_judge(opts, n_threads=opts.threads, n_gpu_layers=opts.gpu_layers)
     try:
         desc = judge.describe()
-        check = ensure_judge_checked(judge, allow_weak=opts.allow_weak_judge, skip=opts.skip_judge_check, echo=echo)
         jref = JudgeRef(spec=opts.judge if "://" in opts.judge else _judge_spec_abs(opts.judge),
                         model_path=_abs(opts.judge_model_path), base_url=opts.judge_base_url, rubric=_abs(opts.rubric),
                         timeout=opts.judge_timeout, restart_gating=opts.restart_gating, description=desc,
-                        key=judge_key(desc), check=check)
+                        key=judge_key(desc), check={})
         spec = (_replay_spec(replay_base, replay, opts, conditions, meta, jref) if replay_base is not None
                 else _new_spec(store, opts, conditions, meta, seed, jref))
         if opts.ablate or opts.ablate_set or opts.ablate_random is not None:
@@ -257,6 +257,9 @@ def create_run(store, opts: RunOptions, command_line: list[str] | None = None,
             from ..prefill_runs import with_prefill
 
             spec = with_prefill(store, spec)
+        # Last: the check can take minutes, so every cheap validation above runs (and fails) first.
+        check = ensure_judge_checked(judge, allow_weak=opts.allow_weak_judge, skip=opts.skip_judge_check, echo=echo)
+        spec = dataclasses.replace(spec, judge=dataclasses.replace(spec.judge, check=check))
     except BaseException:
         judge.close()
         raise
