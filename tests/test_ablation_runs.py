@@ -35,7 +35,7 @@ def _trials(db, run_id):
 @pytest.fixture(scope="module")
 def source_run(firing_sae, tmp_path_factory):  # noqa: F811
     db = tmp_path_factory.mktemp("abl") / "esr.db"
-    out = _run(["--sae", str(firing_sae), "--layer", str(LAYER), "--latent", str(A), "--boost", "4",
+    out = _run(["--sae", str(firing_sae), "--allow-unlabelled", "--layer", str(LAYER), "--latent", str(A), "--boost", "4",
                 "--n-prompts", "3", "--max-tokens", "12", "--n-ctx", "1024", "--seed", "5"], db)
     return db, out["summary"]["run_id"]
 
