@@ -5,9 +5,11 @@ from __future__ import annotations
 import click
 
 from esr_local.engine import MAX_THREADS, SamplingParams, resolve_sampling
+from esr_local.sampling import MAX_SEED
 
-# llama.cpp samples with a 32-bit seed: larger values would be folded silently, so they are refused.
-SEED = click.IntRange(0, 2**32 - 1)
+# llama.cpp samples with a 32-bit seed (larger values would be folded silently) and reads 2**32 - 1 as
+# "random": both are refused.
+SEED = click.IntRange(0, MAX_SEED)
 
 
 def _stack(f, options):

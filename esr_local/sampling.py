@@ -9,8 +9,9 @@ import numpy as np
 
 from .errors import UserInputError
 
-# llama.cpp keeps sampler seeds as uint32: a larger seed would silently fold onto another one.
-MAX_SEED = 2**32 - 1
+# llama.cpp keeps sampler seeds as uint32: a larger seed would silently fold onto another one, and
+# 0xFFFFFFFF (LLAMA_DEFAULT_SEED) means "a random seed", so the largest reproducible seed is 2**32 - 2.
+MAX_SEED = 2**32 - 2
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,9 @@ class SamplingParams:
 
 
 def check_seed(seed: int) -> int:
-    """A seed llama.cpp uses as given: an integer in [0, 2^32 - 1]; anything else is refused."""
+    """A seed llama.cpp uses as given: an integer in [0, 2^32 - 2]; anything else is refused."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) <= MAX_SEED:
-        raise UserInputError(f"seed must be an integer from 0 to {MAX_SEED} (llama.cpp keeps 32 bits), got {seed!r}")
+        raise UserInputError(f"seed must be an integer from 0 to {MAX_SEED} (llama.cpp keeps 32 bits; 4294967295 means random), got {seed!r}")
     return int(seed)
 
 

@@ -33,9 +33,9 @@ def f(tmp_path) -> dict[str, str]:
 
 STEER = ["steer", "--max-tokens", "2", "--sae", "{sae}", "-l", "1", "-s", "1"]
 OPTION_CASES: dict[str, tuple[list[str], dict[str, str], str]] = {
-    "steer --seed 2^32": ([*STEER, "--seed", str(2**32)], {}, "0<=x<=4294967295"),
-    "steer --seed 2^64": ([*STEER, "--seed", str(2**64)], {}, "0<=x<=4294967295"),
-    "steer --seed -1": ([*STEER, "--seed", "-1"], {}, "0<=x<=4294967295"),
+    "steer --seed 2^32": ([*STEER, "--seed", str(2**32)], {}, "0<=x<=4294967294"),
+    "steer --seed 2^64": ([*STEER, "--seed", str(2**64)], {}, "0<=x<=4294967294"),
+    "steer --seed -1": ([*STEER, "--seed", "-1"], {}, "0<=x<=4294967294"),
     "steer --threads huge": ([*STEER, "--threads", "99999999"], {}, "1<=x<=512"),
     "steer --threads 0": ([*STEER, "--threads", "0"], {}, "1<=x<=512"),
     "steer --gpu-layers -5": ([*STEER, "--gpu-layers", "-5"], {}, "x>=-1"),
@@ -69,8 +69,8 @@ OPTION_CASES: dict[str, tuple[list[str], dict[str, str], str]] = {
     "import a folder": (["import", "--db", "{db}", "{root}"], {}, "directory"),
     "build-dictionary -o ''": (["vector", "build-dictionary", "-o", " "], {}, "must not be empty"),
     "report -o ''": (["report", "x", "--db", "{db}", "-o", ""], {}, "must not be empty"),
-    "run --seed 2^32": (["run", "--db", "{db}", "-l", "1", "--boost", "1", "--seed", str(2**32)], {}, "4294967295"),
-    "calibrate --seed 2^32": (["calibrate", "--db", "{db}", "-l", "1", "--seed", str(2**32)], {}, "4294967295"),
+    "run --seed 2^32": (["run", "--db", "{db}", "-l", "1", "--boost", "1", "--seed", str(2**32)], {}, "4294967294"),
+    "calibrate --seed 2^32": (["calibrate", "--db", "{db}", "-l", "1", "--seed", str(2**32)], {}, "4294967294"),
     "run --target-score nan": (["run", "--db", "{db}", "-l", "1", "--target-score", "nan"], {}, "not a finite number"),
     "calibrate --target-score nan": (["calibrate", "--db", "{db}", "-l", "1", "--target-score", "nan"], {}, "not a finite number"),
     "run --prior-std 0": (["run", "--db", "{db}", "-l", "1", "--prior-std", "0"], {}, "must be above 0"),
@@ -167,12 +167,13 @@ def test_the_good_import_file_is_accepted(f, tmp_path):
     assert _runs_in(f["db"]) == 1
 
 
-def test_seed_type_accepts_the_largest_32_bit_seed():
+def test_seed_type_accepts_the_largest_reproducible_32_bit_seed():
     from cli.common import SEED
 
-    assert SEED.convert(2**32 - 1, None, None) == 2**32 - 1
-    with pytest.raises(click.BadParameter):
-        SEED.convert(2**32, None, None)
+    assert SEED.convert(2**32 - 2, None, None) == 2**32 - 2
+    for bad in (2**32 - 1, 2**32):  # 0xFFFFFFFF is llama.cpp's "random seed"; 2**32 would fold
+        with pytest.raises(click.BadParameter):
+            SEED.convert(bad, None, None)
 
 
 def test_threads_env_is_parsed_once_and_checked(monkeypatch):

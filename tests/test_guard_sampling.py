@@ -80,7 +80,7 @@ def test_valid_seeds(seed):
 
 @pytest.mark.parametrize("seed", [-1, MAX_SEED + 1, True, 1.0, "3"])
 def test_invalid_seeds(seed):
-    with pytest.raises(UserInputError, match=rf"^seed must be an integer from 0 to {MAX_SEED} \(llama.cpp keeps 32 bits\), got "):
+    with pytest.raises(UserInputError, match=rf"^seed must be an integer from 0 to {MAX_SEED} \(llama.cpp keeps 32 bits; 4294967295 means random\), got "):
         check_seed(seed)
     with pytest.raises(UserInputError):
         make_sampler(SamplingParams(), seed, 64, N_VOCAB)

@@ -73,7 +73,7 @@ def test_a_judge_failing_some_trials_ends_partial_and_a_resume_rejudges_without_
 
 @pytest.mark.parametrize("args, needle", [
     (["--latent", "1", "--n-latents", "2"], "not both"),
-    (["--seed", str(2**32)], "0<=x<=4294967295"),
+    (["--seed", str(2**32)], "0<=x<=4294967294"),
 ])
 def test_options_that_cannot_apply_are_errors(tmp_path, args, needle):
     r = _cli(["run", *args, "--boost", "1", "--judge", "local", "--skip-judge-check"], tmp_path / "o.db")
