@@ -234,7 +234,10 @@ def test_ctrl_c_marks_the_run_cancelled_and_keeps_finished_trials(tmp_path):
     cmd = [sys.executable, "-m", "esr_local", "run", "--db", str(db), "--latent", "4", "--latent", "6", "--n-prompts", "3",
            "--seed", "2", "--max-tokens", "24", "--n-ctx", "1024", "--boost", "2", "--parallel", "1", "--judge", "local",
            "--skip-judge-check"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell starting the suite in the background makes SIGINT ignored for every child: restore the default
+    # so the child sees Ctrl-C as a terminal would send it.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline, n = time.time() + 240, 0
     while time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
