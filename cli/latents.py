@@ -1,4 +1,4 @@
-"""`esr-local latents search|show|select|sets`: labels of an SAE and the paper's latent selection."""
+"""`esr-local latents search|show|select|sets|RUN`: labels of an SAE, the paper's latent selection, a run's latents."""
 
 from __future__ import annotations
 
@@ -39,9 +39,40 @@ def _open_labels_only(sae, labels, model, catalog):
     return None, entry, sae_obj
 
 
-@click.group(name="latents")
+class LatentsGroup(click.Group):
+    """A group whose first argument, when it is not a subcommand, is a run (`latents RUN` = `latents run RUN`)."""
+
+    def resolve_command(self, ctx, args):  # noqa: D102
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["run", *args]
+        return super().resolve_command(ctx, args)
+
+
+@click.group(name="latents", cls=LatentsGroup)
 def latents_group() -> None:
-    """Search and show SAE latent labels; choose latents as the paper does (`select`)."""
+    """Search and show SAE latent labels; choose latents as the paper does (`select`); `latents RUN` lists a
+    run's latents with their labels, boosts and calibration flags."""
+
+
+@latents_group.command(name="run")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of the run's latent rows.")
+@db_option
+def run_latents(db, run_id, as_json):
+    """A run's latents: label, boost and where it came from, re-measured score, calibration flags, errors."""
+    store = open_store(db, create=False)
+    run = store.get_run(run_id)
+    rows = store.latents(run["id"])
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    click.echo(f"run {run['id']}: {len(rows)} latent(s)")
+    for r in rows:
+        boost = "-" if r.get("boost") is None else f"{r['boost']:g} ({r.get('boost_source') or '?'})"
+        achieved = "" if r.get("achieved_score") is None else f"  re-measured {r['achieved_score']:.2f}"
+        tail = f"  FLAGGED: {r['flags']}" if r.get("flags") else ""
+        tail += f"  ERROR: {r['error']}" if r.get("error") else ""
+        click.echo(f"  {r['latent']:>6}  {r.get('label') or ''}  boost {boost}{achieved}{tail}")
 
 
 @latents_group.command(name="search")
