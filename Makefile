@@ -38,7 +38,7 @@ $(VENV)/.native:
 		--no-cache-dir --force-reinstall --no-deps --no-binary llama-cpp-python "llama-cpp-python==0.3.36" && touch $@; }
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	. tools/ensure_chromium.sh && $(VENV)/bin/python -m pytest -q
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/bench_decode.py

@@ -115,7 +115,7 @@ def _chromium() -> str:
     for name in ("chromium", "chromium-browser", "google-chrome"):
         if shutil.which(name):
             return shutil.which(name)
-    if os.environ.get("ESR_LOCAL_NO_BROWSER"):  # set by .ci/run when it could not install one
+    if os.environ.get("ESR_LOCAL_NO_BROWSER"):  # set by `make test` (tools/ensure_chromium.sh) when it could not install one
         pytest.skip(os.environ["ESR_LOCAL_NO_BROWSER"])
     raise AssertionError("the report test needs a headless browser: install Debian's chromium "
                          "(`apt-get install chromium`; .ci/run does it)")
