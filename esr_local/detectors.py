@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from .activations import max_over_texts
-from .errors import MissingResourceError, UserInputError
+from .errors import UserInputError
 from .ids import new_id
 from .text_readout import read_residuals
 
@@ -206,9 +206,4 @@ def _from_row(row: dict) -> DetectorSet:
 
 def load_detector_set(store, name: str) -> DetectorSet:
     """The detector set called `name` (or with that id); MissingResourceError listing the known names."""
-    rows = list(store.db["detector_sets"].rows_where("name = ? OR id = ?", [name, name]))
-    if not rows:
-        known = [r["name"] for r in store.db["detector_sets"].rows_where(select="name", order_by="created_utc")]
-        hint = f"known sets: {', '.join(known)}" if known else "none stored yet: run `esr-local detectors find`"
-        raise MissingResourceError(f"no detector set named {name!r} in {store.path} ({hint})")
-    return _from_row(rows[0])
+    return _from_row(store.named_row("detector_sets", name, what="detector set", make_one="esr-local detectors find"))

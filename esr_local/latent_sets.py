@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import MissingResourceError, UserInputError
+from .errors import UserInputError
 from .ids import new_id
 
 
@@ -90,12 +90,7 @@ def load_latent_set(db_path_or_store, name: str) -> LatentSet:
     """The latent set called `name` (or with that id); MissingResourceError listing the known names."""
     store, owned = _store(db_path_or_store, create=False)
     try:
-        rows = list(store.db["latent_sets"].rows_where("name = ? OR id = ?", [name, name]))
-        if not rows:
-            known = [r["name"] for r in store.db["latent_sets"].rows_where(select="name", order_by="created_utc")]
-            hint = f"known sets: {', '.join(known)}" if known else "none stored yet: run `esr-local latents select`"
-            raise MissingResourceError(f"no latent set named {name!r} in {store.path} ({hint})")
-        return _from_row(rows[0])
+        return _from_row(store.named_row("latent_sets", name, what="latent set", make_one="esr-local latents select"))
     finally:
         if owned:
             store.close()

@@ -312,6 +312,16 @@ class Store:
                  achieved_score, flags),
             )
 
+    def named_row(self, table: str, name: str, *, what: str, make_one: str) -> dict[str, Any]:
+        """The row of a named set table (`latent_sets`, `detector_sets`) whose name or id is `name`;
+        MissingResourceError listing the known names, or saying which command makes one."""
+        rows = list(self.db[table].rows_where("name = ? OR id = ?", [name, name]))
+        if rows:
+            return rows[0]
+        known = [r["name"] for r in self.db[table].rows_where(select="name", order_by="created_utc")]
+        hint = f"known sets: {', '.join(known)}" if known else f"none stored yet: run `{make_one}`"
+        raise MissingResourceError(f"no {what} named {name!r} in {self.path} ({hint})")
+
     def latents(self, run_id: str) -> list[dict[str, Any]]:
         """The `latents` rows of a run, by latent index."""
         return self._query("SELECT * FROM latents WHERE run_id = ? ORDER BY latent", (run_id,))
