@@ -8,7 +8,8 @@ several "attempts"). With gating on, the judge's segmentation is checked against
   (lower case, curly quotes and dashes made plain, any run of whitespace matching any other) and
   the first 60, then 30, then 15 characters of the attempt are searched for, first after the last
   used restart phrase and then anywhere after the last kept attempt's start.
-- The boundary is ACCEPTED if a restart phrase (`RESTART_PATTERNS`) occurs in the window from
+- The boundary is ACCEPTED if a restart phrase (`RESTART_PATTERNS`, defined with the offline judge's
+  patterns in restarts.py as `GATING_PATTERNS`) occurs in the window from
   `WINDOW_BEFORE` (150) characters before that start to `WINDOW_AFTER` (200) characters after it.
   The phrase must start after the last kept attempt's start (so an opening "let me try again" never
   creates a second attempt) and after the phrase that justified the previous boundary (each
@@ -26,54 +27,16 @@ from __future__ import annotations
 import re
 
 from .records import Attempt
+from .restarts import GATING_PATTERNS as RESTART_PATTERNS
+from .restarts import PLAIN_PUNCTUATION
 
 WINDOW_BEFORE = 150
 WINDOW_AFTER = 200
 _PROBE_LENGTHS = (60, 30, 15)
 
-# Our own selection of explicit restart language, matched on normalised (lower-case) text.
-RESTART_PATTERNS: tuple[str, ...] = (
-    # "Wait," / "Wait!" / "Hmm, wait." used as an interjection at the start of a sentence.
-    r"(?:^|[.!?:;\n)\]]\s*|\bno,?\s+)(?:hmm+,?\s*|oh,?\s*)?wait\b\s*[,.!\u2026-]",
-    r"\bhold on\b\s*[,.!\u2026-]",
-    r"\b(?:that|this|it)(?:'s| is| was)\s+"
-    r"(?:not\s+(?:right|correct|quite right|relevant|what)|wrong|incorrect|off[- ]topic)\b",
-    r"\b(?:that|this|it)\s+(?:isn't|wasn't)\s+(?:right|correct|relevant|what)\b",
-    r"\blet\s+me\s+(?:try|start|begin|do\s+(?:that|this))\s+(?:again|over|afresh|anew)\b",
-    r"\blet(?:'s|\s+us)\s+(?:try|start|begin|do\s+(?:that|this))\s+(?:again|over|afresh|anew)\b",
-    r"\b(?:start|starting|begin|beginning)\s+(?:over|again|afresh)\b",
-    r"\btry(?:ing)?\s+(?:that\s+|this\s+)?again\b",
-    r"\blet\s+me\s+(?:revise|rephrase|reconsider|correct|refocus|redo|restart|re-?answer|fix)\b",
-    r"\bi(?:'ve| have)?\s+made\s+(?:a|an)\s+(?:mistake|error)\b",
-    r"\bmy\s+(?:mistake|apologies|bad)\b",
-    r"\bi(?:\s+apologi[sz]e|\s+am\s+sorry|'m\s+sorry)\b",
-    r"(?:^|[.!?\n]\s*)(?:sorry|oops)\b",
-    r"\bscratch\s+that\b",
-    r"\bi\s+misspoke\b",
-    r"\bon\s+second\s+thought\b",
-    r"\bactually,?\s+(?:no\b|i\s+(?:was|made|got|think\s+i)|let\s+me|that(?:'s| is)\s+not)",
-    r"\bi(?:'m| am| was| got|'ve been)\s+(?:getting\s+|going\s+|being\s+)?"
-    r"(?:off[- ](?:track|topic)|distracted|sidetracked|side-tracked)\b",
-    r"\b(?:get|getting|got|come|coming)\s+back\s+"
-    r"(?:on\s+track|to\s+(?:the|your)\s+(?:original\s+|actual\s+)?(?:question|topic|task|prompt|point))\b",
-    r"\b(?:back|return(?:ing)?)\s+to\s+(?:the|your)\s+"
-    r"(?:original\s+|actual\s+)?(?:question|topic|task|prompt)\b",
-    r"\bto\s+(?:actually\s+)?answer\s+(?:the|your)\s+(?:original\s+|actual\s+)?question\b",
-    r"(?:^|[.!?\n]\s*)correction\s*:",
-)
-
 _RESTART = re.compile("|".join(f"(?:{p})" for p in RESTART_PATTERNS))
 
-_TRANSLATE = str.maketrans(
-    {
-        "\u2018": "'",
-        "\u2019": "'",
-        "\u201c": '"',
-        "\u201d": '"',
-        "\u2013": "-",
-        "\u2014": "-",
-    }
-)
+_TRANSLATE = str.maketrans({**PLAIN_PUNCTUATION, "\u2014": "-"})
 
 
 def normalise(text: str) -> str:

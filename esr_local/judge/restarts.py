@@ -38,6 +38,14 @@ _LEAD_IN_MAX = 40
 # Words left in a restart's sentence after the phrase that still count as restart language ("... my answer.").
 _SHORT_TAIL_WORDS = 3
 
+# Phrases that both pattern sets below use word for word: the offline judge's (STRONG_PATTERNS) and restart
+# gating's (GATING_PATTERNS). Defined once so the two cannot drift apart.
+SCRATCH_THAT = r"\bscratch\s+that\b"
+ON_SECOND_THOUGHT = r"\bon\s+second\s+thought\b"
+MY_MISTAKE = r"\bmy\s+(?:mistake|apologies|bad)\b"
+# Curly quotes and the en dash made plain (gating also makes the em dash plain, see gating.normalise).
+PLAIN_PUNCTUATION = {"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2013": "-"}
+
 _SUBJ = r"(?:let\s+me|let's|let\s+us|i'll|i\s+will|i\s+should|i\s+need\s+to|i\s+must|i'd\s+(?:like|better)\s+to|i\s+would\s+like\s+to|i\s+want\s+to|allow\s+me\s+to|i'm\s+going\s+to|i\s+am\s+going\s+to)"
 _QUESTION = r"(?:(?:the|your|my)\s+(?:original\s+|actual\s+|real\s+|main\s+)?(?:question|topic|task|prompt|request|point|answer|explanation|instructions?)|track|topic)"
 
@@ -49,11 +57,11 @@ STRONG_PATTERNS: tuple[str, ...] = (
     _SUBJ + r"\s+(?:stay|keep|stick)\s+on\s+(?:track|topic)\b",
     _SUBJ + r"\s+(?:(?:actually|properly|now\s+actually)\s+answer\b|answer\s+(?:the|your)\s+(?:actual|original|real)\s+question\b|answer\s+what\s+you\s+(?:actually\s+)?asked\b|answer\s+(?:the|your)\s+question\s+(?:properly|correctly|instead|this\s+time)\b)",
     _SUBJ + r"\s+focus\s+on\s+(?:the|your)\s+(?:original\s+|actual\s+)?(?:question|task|topic|prompt)\b",
-    r"\bscratch\s+that\b",
+    SCRATCH_THAT,
     r"\bforget\s+(?:what\s+i\s+(?:just\s+)?(?:said|wrote)|everything\s+i\s+(?:just\s+)?said)\b",
     # "Never mind." / "Never mind that," - not "never mind the stains, they wash out".
     r"\bnever\s*mind(?:\s+(?:that|this|all\s+that))?(?=\s*(?:[,.!;:\u2026\u2014-]|$))",
-    r"\bon\s+second\s+thought\b",
+    ON_SECOND_THOUGHT,
     # Self-reports of a mistake or of drifting away.
     r"\bi\s+(?:have\s+|'ve\s+|just\s+)?made\s+(?:a|an)\s+(?:mistake|error)\b",
     r"\bi\s+(?:misspoke|misread|misunderstood|digress)\b",
@@ -65,7 +73,7 @@ STRONG_PATTERNS: tuple[str, ...] = (
     r"(?:[- ]?(?:topic|track|course)\b|the\s+(?:topic|question|point|subject)\b|there\b|[,.!;])",
     r"\bi(?:'m|\s+am|\s+was|'ve|\s+have|\s+seem\s+to\s+have|\s+seem\s+to\s+be)?\s+(?:going|gone|went|got|getting|been\s+going)\s+off\s+on\s+(?:a\s+)?tangents?\b",
     r"\bi(?:'ve|\s+have)?\s+lost\s+(?:the|my)\s+(?:thread|train\s+of\s+thought)\b",
-    r"\bmy\s+(?:mistake|apologies|bad)\b",
+    MY_MISTAKE,
     r"\bi\s+apologi[sz]e\b",
     # The answer measured against the question.
     r"\b(?:that|this|it)(?:'s|\s+is|\s+was)\s+not\s+what\s+you\s+(?:asked|wanted|were\s+asking)\b",
@@ -104,6 +112,39 @@ CUE_PATTERNS: tuple[str, ...] = (
     r"\bnot\s+the\s+question\b",
 )
 
+# Restart gating's set (esr_local/judge/gating.py), matched on gating's normalised (lower-case) text. It is
+# looser than the offline judge's: it only has to confirm a boundary another judge already drew, within a
+# window around it, so a bare "Wait," or "I'm sorry" there counts. Changing it changes gated judgments.
+GATING_PATTERNS: tuple[str, ...] = (
+    # "Wait," / "Wait!" / "Hmm, wait." used as an interjection at the start of a sentence.
+    r"(?:^|[.!?:;\n)\]]\s*|\bno,?\s+)(?:hmm+,?\s*|oh,?\s*)?wait\b\s*[,.!\u2026-]",
+    r"\bhold on\b\s*[,.!\u2026-]",
+    r"\b(?:that|this|it)(?:'s| is| was)\s+"
+    r"(?:not\s+(?:right|correct|quite right|relevant|what)|wrong|incorrect|off[- ]topic)\b",
+    r"\b(?:that|this|it)\s+(?:isn't|wasn't)\s+(?:right|correct|relevant|what)\b",
+    r"\blet\s+me\s+(?:try|start|begin|do\s+(?:that|this))\s+(?:again|over|afresh|anew)\b",
+    r"\blet(?:'s|\s+us)\s+(?:try|start|begin|do\s+(?:that|this))\s+(?:again|over|afresh|anew)\b",
+    r"\b(?:start|starting|begin|beginning)\s+(?:over|again|afresh)\b",
+    r"\btry(?:ing)?\s+(?:that\s+|this\s+)?again\b",
+    r"\blet\s+me\s+(?:revise|rephrase|reconsider|correct|refocus|redo|restart|re-?answer|fix)\b",
+    r"\bi(?:'ve| have)?\s+made\s+(?:a|an)\s+(?:mistake|error)\b",
+    MY_MISTAKE,
+    r"\bi(?:\s+apologi[sz]e|\s+am\s+sorry|'m\s+sorry)\b",
+    r"(?:^|[.!?\n]\s*)(?:sorry|oops)\b",
+    SCRATCH_THAT,
+    r"\bi\s+misspoke\b",
+    ON_SECOND_THOUGHT,
+    r"\bactually,?\s+(?:no\b|i\s+(?:was|made|got|think\s+i)|let\s+me|that(?:'s| is)\s+not)",
+    r"\bi(?:'m| am| was| got|'ve been)\s+(?:getting\s+|going\s+|being\s+)?"
+    r"(?:off[- ](?:track|topic)|distracted|sidetracked|side-tracked)\b",
+    r"\b(?:get|getting|got|come|coming)\s+back\s+"
+    r"(?:on\s+track|to\s+(?:the|your)\s+(?:original\s+|actual\s+)?(?:question|topic|task|prompt|point))\b",
+    r"\b(?:back|return(?:ing)?)\s+to\s+(?:the|your)\s+"
+    r"(?:original\s+|actual\s+)?(?:question|topic|task|prompt)\b",
+    r"\bto\s+(?:actually\s+)?answer\s+(?:the|your)\s+(?:original\s+|actual\s+)?question\b",
+    r"(?:^|[.!?\n]\s*)correction\s*:",
+)
+
 _STRONG = re.compile("|".join(f"(?:{p})" for p in STRONG_PATTERNS), re.IGNORECASE)
 _CUE = re.compile("|".join(f"(?:{p})" for p in CUE_PATTERNS), re.IGNORECASE)
 # An interjection at the start of the text, a sentence, a line, or a clause after a dash/quote/bracket.
@@ -114,7 +155,7 @@ _CONTENT_WORD = re.compile(r"[^\W\d_]{2,}")
 _FILLER = {"sure", "ok", "okay", "well", "so", "yes", "yeah", "alright", "right", "certainly", "hmm", "um", "uh",
            "er", "oh", "ah", "no", "nope", "wait", "actually", "sorry", "hold", "on", "hang", "the", "and", "but"}
 
-_TRANSLATE = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2013": "-"})
+_TRANSLATE = str.maketrans(PLAIN_PUNCTUATION)
 
 
 @dataclass(frozen=True)
