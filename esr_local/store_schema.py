@@ -600,3 +600,7 @@ def m012_detector_sets(db: Database) -> None:
         )
         """
     )
+
+
+# Later steps live in their own modules and register themselves on MIGRATIONS, in this order.
+from . import store_schema_traces  # noqa: E402,F401  m013_traces

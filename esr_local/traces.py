@@ -2,8 +2,9 @@
 
 The trial's prompt (as the model saw it) and its response are teacher-forced through the model once,
 with or without the trial's steering vector, and the residual at the SAE's feature layer is encoded
-for the requested latents. Each response token is marked with the judge's attempt it falls in, so the
-off-topic / correction / on-topic regions can be told apart.
+for the requested latents. Each response token is marked with the judge's attempt it falls in and with
+its region (`trace_regions`), so the paper's off-topic / correction / on-topic statistics can be computed.
+Storing and reading traces back is `trace_store`.
 
 The response is re-tokenized from its text (trials store text, not token ids); for the greedy and
 sampled outputs of llama.cpp's own tokenizer that is the same sequence in practice, not by guarantee.
@@ -15,16 +16,17 @@ import csv
 import io
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .errors import UserInputError
+from .trace_regions import Regions, attempt_spans, mark_regions, token_starts
 
 
 @dataclass
 class Trace:
-    """Activations [n_response_tokens, n_latents] with token pieces and attempt indices (-1: none)."""
+    """Activations [n_response_tokens, n_latents] with token pieces, attempt indices (-1: none) and regions."""
 
     trial_id: str
     latents: list[int]
@@ -36,57 +38,40 @@ class Trace:
     pieces: list[str]
     attempt: list[int]
     acts: np.ndarray
+    region: list[str | None] = field(default_factory=list)
+    trace_id: str | None = None  # set once stored (trace_store)
 
     def records(self) -> list[dict]:
         """One dict per response token."""
-        return [{"position": i, "token": t, "piece": p, "attempt": a,
+        regions = self.region or [None] * len(self.tokens)
+        return [{"position": i, "token": t, "piece": p, "attempt": a, "region": r,
                  **{f"latent_{j}": float(v) for j, v in zip(self.latents, row)}}
-                for i, (t, p, a, row) in enumerate(zip(self.tokens, self.pieces, self.attempt, self.acts))]
+                for i, (t, p, a, r, row) in enumerate(zip(self.tokens, self.pieces, self.attempt, regions, self.acts))]
+
+    def to_dict(self) -> dict:
+        return {"trace_id": self.trace_id, "trial_id": self.trial_id, "latents": self.latents, "layer": self.layer,
+                "steered": self.steered, "boost": self.boost, "prompt_tokens": self.prompt_tokens,
+                "tokens": self.records()}
 
     def to_json(self) -> str:
-        return json.dumps({"trial_id": self.trial_id, "latents": self.latents, "layer": self.layer,
-                           "steered": self.steered, "boost": self.boost, "prompt_tokens": self.prompt_tokens,
-                           "tokens": self.records()}, ensure_ascii=False)
+        return json.dumps(self.to_dict(), ensure_ascii=False)
 
     def to_csv(self) -> str:
+        """Wide CSV: one row per response token, one column per latent."""
         buf = io.StringIO()
-        rows = self.records()
-        w = csv.DictWriter(buf, fieldnames=["position", "token", "piece", "attempt", *[f"latent_{j}" for j in self.latents]])
+        w = csv.DictWriter(buf, fieldnames=["position", "token", "piece", "attempt", "region",
+                                            *[f"latent_{j}" for j in self.latents]])
         w.writeheader()
-        w.writerows(rows)
+        w.writerows(self.records())
         return buf.getvalue()
-
-
-def _char_starts(pieces: Sequence[bytes]) -> list[int]:
-    """The character offset in the joined text of each token's first non-space byte (a token that
-    continues a character split across tokens maps to that character)."""
-    starts, done = [], b""
-    for piece in pieces:
-        lead = len(piece) - len(piece.lstrip()) if piece.strip() else 0
-        starts.append(len((done + piece[:lead]).decode("utf-8", "ignore")))
-        done += piece
-    return starts
 
 
 def attempt_of_tokens(pieces: Sequence[str] | Sequence[bytes], response: str, attempts: Sequence[str]) -> list[int]:
     """For each token, the index of the attempt whose text span (found in order in `response`) holds the
     token's first non-space character; -1 outside every attempt. Give the tokens' raw bytes where a
     character may be split across tokens (their decoded pieces then no longer add up to the text)."""
-    spans, cursor = [], 0
-    for k, text in enumerate(attempts):
-        t = (text or "").strip()
-        at = response.find(t, cursor) if t else -1
-        if at >= 0:
-            spans.append((at, at + len(t), k))
-            cursor = at + len(t)
-    if pieces and isinstance(pieces[0], bytes):
-        starts = _char_starts(pieces)
-    else:
-        starts, pos = [], 0
-        for piece in pieces:
-            starts.append(pos + (len(piece) - len(piece.lstrip()) if piece.strip() else 0))  # first visible character
-            pos += len(piece)
-    return [next((k for a, b, k in spans if a <= first < b), -1) for first in starts]
+    spans = attempt_spans(response, attempts)
+    return [next((k for a, b, k in spans if a <= first < b), -1) for first in token_starts(pieces)]
 
 
 def trace_tokens(model, sae, prompt: str, response: str, latents: Sequence[int], layer: int,
@@ -104,42 +89,106 @@ def trace_tokens(model, sae, prompt: str, response: str, latents: Sequence[int],
     return len(p_toks), r_toks, sae.encode(h[len(p_toks):], list(latents))
 
 
-def trace_trial(store, trial_id: str, latents: Sequence[int], *, steered: bool = True, model=None) -> Trace:
-    """The trace of a stored trial (see module docstring); `model` may be a loaded SteeredModel."""
-    from .engine import SteeredModel
-    from .runs.execute import load_spec
-    from .runs.resources import check_model, open_run_sae
+@dataclass
+class TraceRequest:
+    """A resolved request: the trial, its run's spec, the latents, layer and whether the vector is applied."""
 
+    trial: dict
+    spec: object  # RunSpec
+    latents: list[int]
+    layer: int
+    steered: bool
+    boost: float
+    judgment: dict | None
+    attempts: list[dict]
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        """What makes two requests identical (trace_store): trial, latents in order, steered."""
+        return self.trial["id"], json.dumps(self.latents), int(self.steered)
+
+
+def find_trial(store, trial_id: str) -> dict:
+    """The trials row of an id or unique id prefix; UserInputError otherwise."""
     rows = store.db.execute("SELECT * FROM trials WHERE id = ? OR id LIKE ?", (trial_id, f"{trial_id}%")).fetchall()
     if len(rows) != 1:
         raise UserInputError(f"{'no' if not rows else 'more than one'} trial matches {trial_id!r}; give a trial id "
                              "(esr-local trials RUN lists them)")
     cols = [d[0] for d in store.db.execute("SELECT * FROM trials LIMIT 0").description]
-    trial = dict(zip(cols, rows[0]))
-    spec = load_spec(store.get_run(trial["run_id"]))
-    if model is None:
-        check_model(spec.model)  # the trace is of the model the trial ran on, as on resume
-    sae, dec = open_run_sae(spec)
+    return dict(zip(cols, rows[0]))
+
+
+def resolve_request(store, trial: dict, latents: Sequence[int], *, steered: bool = True, spec=None,
+                    judged: dict | None = None) -> TraceRequest:
+    """Check the latents against the run's SAE and pick the layer and vector, without loading anything.
+    `judged` is the trial as `Store.trials` gives it (with judgment and attempts), when already at hand."""
+    from .runs.execute import load_spec
+
+    spec = spec or load_spec(store.get_run(trial["run_id"]))
     lat = [int(j) for j in latents] or [int(trial["latent"])]
     for j in lat:
-        if not 0 <= j < sae.d_sae:
-            raise UserInputError(f"latent {j} is out of range: this SAE has latents 0 to {sae.d_sae - 1}")
+        if not 0 <= j < spec.sae.d_sae:
+            raise UserInputError(f"latent {j} is out of range: this SAE has latents 0 to {spec.sae.d_sae - 1}")
+    if len(set(lat)) != len(lat):
+        twice = sorted({j for j in lat if lat.count(j) > 1})
+        raise UserInputError(f"latent {twice[0]} is given twice in --latents; give each latent once")
     layer = int(spec.sae.feature_layer if spec.sae.feature_layer is not None else spec.steering_layer)
     boost = float(trial["boost"] or 0.0)
-    directions = ({spec.steering_layer: dec[int(trial["latent"])] * np.float32(boost)}
-                  if steered and boost != 0 else None)
+    if judged is None:
+        judged = next((t for t in store.trials(trial["run_id"]) if t["id"] == trial["id"]), {})
+    judgment = judged.get("judgment")
+    ok = judgment is not None and judgment.get("parse_status") == "ok"
+    return TraceRequest(trial=trial, spec=spec, latents=lat, layer=layer, steered=bool(steered and boost != 0),
+                        boost=boost, judgment=judgment if ok else None,
+                        attempts=list(judged.get("attempts") or []) if ok else [])
+
+
+def compute_trace(req: TraceRequest, model, sae, decoder_rows: dict) -> tuple[Trace, Regions]:
+    """Teacher-force the request's trial through `model` (a SteeredModel) and mark attempts and regions."""
+    spec, trial = req.spec, req.trial
+    directions = ({spec.steering_layer: decoder_rows[int(trial["latent"])] * np.float32(req.boost)}
+                  if req.steered else None)
+    response = trial["response"] or ""
+    n_prompt, toks, acts = trace_tokens(model, sae, trial["prompt"], response, req.latents, req.layer, directions)
+    raw = [model.llm.detokenize([t]) for t in toks]
+    texts = [a.get("text") or "" for a in req.attempts]
+    regions = mark_regions(raw, response, texts)
+    tr = Trace(trial_id=trial["id"], latents=list(req.latents), layer=req.layer, steered=req.steered, boost=req.boost,
+               prompt_tokens=n_prompt, tokens=list(toks), pieces=[b.decode("utf-8", errors="replace") for b in raw],
+               attempt=attempt_of_tokens(raw, response, texts), acts=acts, region=regions.per_token)
+    return tr, regions
+
+
+def trace_trial(store, trial_id: str, latents: Sequence[int], *, steered: bool = True, model=None) -> Trace:
+    """The trace of a stored trial, computed (not stored; see trace_store.get_trace); `model` may be a
+    loaded SteeredModel."""
+    from .engine import SteeredModel
+    from .runs.resources import check_model, open_run_sae
+
+    req = resolve_request(store, find_trial(store, trial_id), latents, steered=steered)
+    if model is None:
+        check_model(req.spec.model)  # the trace is of the model the trial ran on, as on resume
+    sae, dec = open_run_sae(req.spec)
     own = model is None
-    lm = model or SteeredModel(spec.model.path, n_ctx=spec.n_ctx, chat_mode=spec.model.chat_mode,
-                               chat_template=spec.model.chat_template)
+    lm = model or SteeredModel(req.spec.model.path, n_ctx=req.spec.n_ctx, chat_mode=req.spec.model.chat_mode,
+                               chat_template=req.spec.model.chat_template)
     try:
-        n_prompt, toks, acts = trace_tokens(lm, sae, trial["prompt"], trial["response"] or "", lat, layer, directions)
-        raw = [lm.llm.detokenize([t]) for t in toks]
-        pieces = [b.decode("utf-8", errors="replace") for b in raw]
+        return compute_trace(req, lm, sae, dec)[0]
     finally:
         if own:
             lm.close()
-    judged = [t for t in store.trials(trial["run_id"]) if t["id"] == trial["id"]]
-    attempts = [a.get("text") or "" for a in (judged[0]["attempts"] if judged else [])]
-    return Trace(trial_id=trial["id"], latents=lat, layer=layer, steered=directions is not None, boost=boost,
-                 prompt_tokens=n_prompt, tokens=list(toks), pieces=pieces,
-                 attempt=attempt_of_tokens(raw, trial["response"] or "", attempts), acts=acts)
+
+
+def long_csv(traces: Sequence[Trace]) -> str:
+    """Long CSV of several traces: one row per (trace, response token, latent), as table trace_values."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["trace_id", "trial_id", "steered", "position", "token", "piece", "attempt", "region", "latent",
+                "activation"])
+    for tr in traces:
+        regions = tr.region or [None] * len(tr.tokens)
+        for k, j in enumerate(tr.latents):
+            for pos, (tok, piece, att, reg) in enumerate(zip(tr.tokens, tr.pieces, tr.attempt, regions)):
+                w.writerow([tr.trace_id, tr.trial_id, int(tr.steered), pos, tok, piece, att, reg or "", j,
+                            float(tr.acts[pos, k])])
+    return buf.getvalue()
