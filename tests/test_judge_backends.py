@@ -359,7 +359,7 @@ def test_local_judge_rejects_missing_model_file(tmp_path):
 
 @pytest.fixture(scope="module")
 def llama_server(smollm2_path, tmp_path_factory):
-    pytest.importorskip("uvicorn", reason='needs llama-cpp-python[server] (pip install "llama-cpp-python[server]")')
+    import uvicorn  # noqa: F401  llama-cpp-python[server], in the test extra: a missing server fails, never skips
     port = _free_port()
     log = tmp_path_factory.mktemp("llama_server") / "server.log"
     cmd = [
