@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 
 import click
 from click.core import ParameterSource
 
-from esr_local.errors import UserInputError
+from esr_local.errors import MissingResourceError, UserInputError
+from esr_local.leases import break_lease as break_run_lease
+from esr_local.paths import default_db_path
 from esr_local.runs import RunOptions, create_run, execute_run
+from esr_local.runs.create import check_options
 from esr_local.sampling import MAX_SEED
+from esr_local.store_files import store_kept_only_with_a_run
 
 from .common import calibration_options, finite_float, model_options, sampling_options
 from .judge_options import judge_options as shared_judge_options
@@ -76,6 +81,10 @@ def given_options(ctx: click.Context, names) -> list[str]:
 @click.option("--sweep-levels", type=click.IntRange(0), default=0, help="Add a boost sweep: N levels from mean-3sd to mean+3sd of the calibrated boosts.")
 @click.option("--replay", "replay_run", default=None, help="Reuse an earlier run's latents, boosts, prompts and seeds with new conditions.")
 @click.option("--resume", "resume_run", default=None, help="Continue a run that stopped (killed, Ctrl-C, error, partial).")
+@click.option("--break-lease", is_flag=True,
+              help="With --resume: take the run over from the process holding its lease when that process is "
+                   "gone (dead here, or on another host, which cannot be checked from here); recorded in lease_breaks. "
+                   "Refused while the holder runs on this machine.")
 @click.option("--ablate", type=click.IntRange(min=0), multiple=True, help="With --replay: zero-ablate this latent in the graph (repeatable).")
 @click.option("--ablate-set", default=None, help="With --replay: ablate a stored detector set (esr-local detectors find).")
 @click.option("--ablate-random", type=click.IntRange(min=1), default=None,
@@ -100,17 +109,28 @@ def given_options(ctx: click.Context, names) -> list[str]:
 @sampling_options
 @db_option
 @click.pass_context
-def run_cmd(ctx, db, resume_run, as_json, threads, gpu_layers, meta_prompts, conditions, **kw):
+def run_cmd(ctx, db, resume_run, break_lease, as_json, threads, gpu_layers, meta_prompts, conditions, **kw):
     """Steer each latent at its calibrated boost on N prompts, judge every answer, log it all to SQLite."""
-    store = open_store(db)
     echo = lambda s: click.echo(s, err=True)  # noqa: E731
     judge = None
+    if break_lease and not resume_run:
+        raise UserInputError("--break-lease takes over a stopped run: add --resume RUN")
     if resume_run:
         given = given_options(ctx, RESUME_CONFLICTS)
         if given:
             raise UserInputError(f"--resume continues a run exactly as it was created; drop {', '.join(given)} "
                                  "(only --threads, --gpu-layers, --db and --json may change)")
+        path = db if db is not None else default_db_path()
+        if not path.expanduser().exists():  # a run to resume is in an existing database: never make an empty one
+            raise MissingResourceError(f"no run {resume_run!r} to resume: there is no database {path}; pass --db "
+                                       "(or set ESR_LOCAL_DB) to the database the run was created in")
+        store = open_store(path, create=False)
         run_id = store.get_run(resume_run)["id"]
+        if break_lease:
+            broken = break_run_lease(store, run_id, command_line=shlex.join(["esr-local", *sys.argv[1:]]))
+            echo(f"run {run_id} held no lease; nothing to break" if broken is None else
+                 f"broke the lease of process {broken['holder_pid']} on {broken['holder_host']} "
+                 f"({broken['holder_state']}; recorded in lease_breaks)")
         # --threads/--gpu-layers change how the run executes, not what it does: those typed apply.
         runtime = {name: value for name, value in (("threads", threads), ("gpu_layers", gpu_layers))
                    if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
@@ -123,7 +143,10 @@ def run_cmd(ctx, db, resume_run, as_json, threads, gpu_layers, meta_prompts, con
         conds = list(conditions) + [f"meta:{m}" for m in meta_prompts]
         opts = RunOptions(conditions=conds or ["steered"], threads=threads, gpu_layers=gpu_layers,
                           **{k: (list(v) if k == "latents" else v) for k, v in kw.items()})
-        run_id, judge = create_run(store, opts, ["esr-local", *sys.argv[1:]], echo=echo)
+        check_options(opts)  # before the database is opened (and maybe created)
+        # A database this command creates is removed again if the run fails before it is stored.
+        with store_kept_only_with_a_run(db if db is not None else default_db_path()) as store:
+            run_id, judge = create_run(store, opts, ["esr-local", *sys.argv[1:]], echo=echo)
         echo(f"run {run_id} created (resume with: esr-local run --resume {run_id})")
     summary = execute_run(store, run_id, judge=judge, echo=echo, progress=progress_printer(), runtime=runtime)
     if sys.stderr.isatty():

@@ -1,10 +1,18 @@
-"""Who is executing a run: the holder of a run's lease (pid, host, process start) and whether it lives."""
+"""Who is executing a run: the holder of a run's lease (pid, host, process start), whether it lives, and
+breaking a lease whose holder is gone (a dead process here, or a process on another host that cannot be
+checked from here and so never expires on its own)."""
 
 from __future__ import annotations
 
+import getpass
 import os
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .errors import UserInputError
+
+if TYPE_CHECKING:
+    from .store import Store
 
 
 def _process_start(pid: int) -> str | None:
@@ -39,3 +47,39 @@ def holder_alive(holder: dict[str, Any]) -> bool:
     if now is None:
         return not os.path.exists(f"/proc/{pid}")  # no /proc: trust kill(); a zombie: finished
     return start is None or now == start  # a reused pid has another start time
+
+
+class LeaseLiveError(UserInputError):
+    """The lease to break belongs to a process that still runs on this host."""
+
+
+def breaker() -> dict[str, Any]:
+    """The current process as the one breaking a lease: pid, host and user."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (containers)
+        user = None
+    return {**this_process(), "user": user}
+
+
+def _holder_state(held: dict[str, Any]) -> str:
+    """Why a lease may be broken: its holder is 'dead' (checked on this host) or 'unverifiable' (another
+    host). A live holder on this host refuses the break."""
+    if held["host"] != socket.gethostname():
+        return "unverifiable"
+    if holder_alive(held):
+        raise LeaseLiveError(
+            f"run {held['run_id']} is being executed by process {held['pid']} on this machine, which still runs "
+            f"(since {held['acquired_utc']}); stop it first (kill {held['pid']}) or wait for it to finish: "
+            "--break-lease only takes a lease from a process that is gone")
+    return "dead"
+
+
+def break_lease(store: Store, run_id: str, *, command_line: str | None = None) -> dict[str, Any] | None:
+    """Take a run's lease from its holder so this process can execute the run, and record the break.
+
+    Refused (LeaseLiveError) while the holder is alive on this host; a dead holder here, or any holder on
+    another host (whose process cannot be checked from here), loses it. Returns the `lease_breaks` row, or
+    None when the run held no lease."""
+    run_id = store.get_run(run_id)["id"]
+    return store.break_lease(run_id, breaker(), state_of=_holder_state, command_line=command_line)

@@ -221,13 +221,24 @@ def _replay_source(store, opts: RunOptions) -> tuple[RunSpec, dict]:
     return base, {"source_run": src["id"], "rows": rows, "boosts": boosts}
 
 
+def check_options(opts: RunOptions) -> None:
+    """The checks that need no database, model or SAE: option combinations and the judge spec (a local
+    judge's file or catalog name, remote judges' keys, the rubric; nothing is loaded or downloaded).
+    `esr-local run` calls it before it opens, and maybe creates, the database."""
+    from ..judge import check_judge_spec
+
+    opts.check()
+    check_judge_spec(opts.judge, model_path=_abs(opts.judge_model_path), base_url=opts.judge_base_url,
+                     rubric=_abs(opts.rubric))
+
+
 def create_run(store, opts: RunOptions, command_line: list[str] | None = None,
                echo: Callable[[str], None] = print) -> tuple[str, object]:
     """Validate the options, resolve everything they name into a RunSpec, store the run (status
     `started`). Returns (run id, the judge built for it, to reuse when executing right away)."""
     from ..judge.check import ensure_judge_checked
 
-    opts.check()
+    check_options(opts)
     replay_base, replay = (None, None)
     if opts.replay_run:
         replay_base, replay = _replay_source(store, opts)

@@ -96,8 +96,10 @@ def execute_run(store, run_id: str, *, judge=None, echo: Callable[[str], None] |
         if judge is not None:
             judge.close()
         where = "this machine" if holder["host"] == socket.gethostname() else f"host {holder['host']}"
+        gone = "" if where == "this machine" else (f"; if that process is gone, take the run over with "
+                                                   f"`esr-local run --resume {run_id} --break-lease`")
         raise RunBusyError(f"run {run_id} is being executed by process {holder['pid']} on {where} "
-                           f"(since {holder['acquired_utc']}); wait for it to finish or stop that process")
+                           f"(since {holder['acquired_utc']}); wait for it to finish or stop that process{gone}")
     try:
         store.record_session(run_id, command_line=shlex.join(sys.argv), versions=versions(),
                              system_info=system_info(), machine=machine())
