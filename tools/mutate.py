@@ -125,9 +125,12 @@ def _place_sources(folder: Path, worktree: bool) -> str:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
                             capture_output=True, text=True).stdout.strip()
     if not (folder / "esr_local").exists():
-        archive = subprocess.run(["git", "archive", "HEAD", "esr_local", "tests"], cwd=ROOT, check=True,
+        archive = subprocess.run(["git", "archive", "HEAD", "esr_local", "tests", "cli"], cwd=ROOT, check=True,
                                  capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+        # The Click layer installs as esr_local.cli (from the working tree's cli/); inside the work folder it
+        # must be HEAD's too, or a test importing it would mix HEAD's library with the working tree's CLI.
+        (folder / "cli").rename(folder / "esr_local" / "cli")
     return f"commit {commit}"
 
 
