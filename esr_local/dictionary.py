@@ -201,6 +201,7 @@ def build_concept_dictionary(
     n_ctx: int = DEFAULT_N_CTX,
     model_name: str | None = None,
     baseline: str = DEFAULT_BASELINE,
+    n_threads: int = BUILD_THREADS,
 ) -> Path:
     """Write a contrastive concept dictionary in the SAELens layout and return its folder.
 
@@ -211,6 +212,9 @@ def build_concept_dictionary(
     `baseline` is "centroid" (row = concept mean minus the mean of all concept means) or "neutral"
     (minus the mean over the neutral texts); see `concept_directions`.
     `model_path` defaults to the embedded SmolLM2 GGUF; `out_dir` to `./vectors/smollm2-135m-concepts`.
+    `n_threads` (recorded as `build_threads`): the shipped files were built with BUILD_THREADS; the rows do not
+    depend on it (tests/test_dictionary.py builds with 1 and 2 threads: the same weights), and 1 runs far faster
+    on a busy machine (2 threads on 2 shared cores wait on each other).
     """
     model_path = Path(model_path) if model_path is not None else default_model_path()
     if not model_path.is_file():
@@ -220,7 +224,7 @@ def build_concept_dictionary(
 
     try:
         llm = llama_cpp.Llama(
-            model_path=str(model_path), n_ctx=n_ctx, n_threads=BUILD_THREADS, verbose=False, flash_attn=False
+            model_path=str(model_path), n_ctx=n_ctx, n_threads=n_threads, verbose=False, flash_attn=False
         )
     except (ValueError, RuntimeError):  # llama-cpp-python's "Failed to load model from file"
         raise FormatError(f"llama.cpp could not load {model_path}; check that it is a complete GGUF model") from None
@@ -231,9 +235,10 @@ def build_concept_dictionary(
                 f"layer {layer!r} cannot hold a dictionary for this {n_layer}-block model; use 1 to {n_layer - 2}"
             )
         read: dict = {}
-        w_dec = concept_directions(llm, [layer], concepts, n_ctx=n_ctx, baseline=baseline, keep=read)[layer]
+        w_dec = concept_directions(llm, [layer], concepts, n_ctx=n_ctx, n_threads=n_threads, baseline=baseline,
+                                   keep=read)[layer]
         n_embd = int(llm.n_embd())
-        encoder = fit_encoder(llm, layer, w_dec, concepts, n_ctx=n_ctx, n_threads=BUILD_THREADS,
+        encoder = fit_encoder(llm, layer, w_dec, concepts, n_ctx=n_ctx, n_threads=n_threads,
                               per_concept=read["concepts"], neutral=read.get("neutral"))
     finally:
         llm.close()
@@ -283,7 +288,7 @@ def build_concept_dictionary(
             "model_file": model_path.name,
             "model_sha256": _sha256_file(model_path),
             "llama_cpp_python_version": llama_cpp.__version__,
-            "build_threads": BUILD_THREADS,
+            "build_threads": n_threads,
             "flash_attn": False,
         },
     }
