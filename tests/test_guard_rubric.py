@@ -94,6 +94,9 @@ def test_rubric_file_messages_in_full(tmp_path):
     js.write_text(json.dumps({**TEXTS, "zeta": 1}))
     with pytest.raises(FormatError, match=rf"bad\.json: unknown zeta \(keys: {fields}, optional id\)$"):
         load_rubric_file(js)
+    js.write_text(json.dumps({k: v for k, v in TEXTS.items() if k != "system"}))  # missing only: no "unknown" part
+    with pytest.raises(FormatError, match=rf"bad\.json: missing system \(keys: {fields}, optional id\)$"):
+        load_rubric_file(js)
     js.write_text(json.dumps({**TEXTS, "id": " "}))
     with pytest.raises(FormatError, match=r"bad\.json: id must be a non-empty string$"):
         load_rubric_file(js)
