@@ -31,13 +31,14 @@ class TraceResult:
 
 def _stored_row(store, req: TraceRequest) -> dict | None:
     trial_id, latents_json, steered = req.key
-    rows = list(store.db.query("SELECT id, judgment_id FROM traces WHERE trial_id = ? AND latents_json = ? "
-                               "AND steered = ?", (trial_id, latents_json, steered)))
+    rows = list(store.db.query("SELECT id, json_extract(settings_json, '$.judgment_sha256') AS judgment_sha256 "
+                               "FROM traces WHERE trial_id = ? AND latents_json = ? AND steered = ?",
+                               (trial_id, latents_json, steered)))
     return rows[0] if rows else None
 
 
 def _is_current(row: dict | None, req: TraceRequest) -> bool:
-    return row is not None and row["judgment_id"] == (req.judgment or {}).get("id")
+    return row is not None and row["judgment_sha256"] == req.judgment_sha256
 
 
 def _settings(req: TraceRequest, trace: Trace, sae, model) -> dict:
@@ -46,7 +47,7 @@ def _settings(req: TraceRequest, trace: Trace, sae, model) -> dict:
     from .provenance import machine, versions
     from .trace_regions import CORRECTION_WINDOW
 
-    return {"sae_files": req.spec.sae.files, "sae_family": sae.info.family, "sae_activation": sae.info.activation,
+    return {"judgment_sha256": req.judgment_sha256, "sae_files": req.spec.sae.files, "sae_family": sae.info.family, "sae_activation": sae.info.activation,
             "sae_hook_name": sae.info.hook_name, "d_sae": req.spec.sae.d_sae,
             "n_ctx": max(64, trace.prompt_tokens + len(trace.tokens)), "threads": model.n_threads,
             "chat_mode": req.spec.model.chat_mode, "chat_template": req.spec.model.chat_template,

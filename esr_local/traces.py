@@ -103,6 +103,16 @@ class TraceRequest:
     attempts: list[dict]
 
     @property
+    def judgment_sha256(self) -> str:
+        """Fingerprint of what the marks come from: the judge and its attempts' texts and scores (a re-grade
+        writes a new judgment row whose id SQLite may reuse, so the id alone cannot tell)."""
+        import hashlib
+
+        j = self.judgment or {}
+        blob = [j.get("judge_key"), [(a.get("text"), a.get("score")) for a in self.attempts]]
+        return hashlib.sha256(json.dumps(blob).encode()).hexdigest()
+
+    @property
     def key(self) -> tuple[str, str, int]:
         """What makes two requests identical (trace_store): trial, latents in order, steered."""
         return self.trial["id"], json.dumps(self.latents), int(self.steered)

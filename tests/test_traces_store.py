@@ -1,7 +1,8 @@
 """Stored traces on the real SmolLM2 GGUF with the firing synthetic SAE: a stored trace equals a direct
 teacher-forced readout exactly, an identical request reads it back (a tampered value shows it was not
 recomputed; --recompute replaces it), the region view equals a hand computation from the stored values,
-a trace failing or killed midway leaves no rows, and bad input is one `Error:` line."""
+a trace failing or killed midway leaves no rows, a re-judged trial is traced again, and bad input is one
+`Error:` line."""
 
 from __future__ import annotations
 
@@ -230,3 +231,21 @@ def test_bad_input_is_one_error_line(run_db, tmp_path):
                             "prompt": "Hi", "response": "Hello there.", "boost": 1.0}, None, [])
     assert "has no judged trials" in _error(["trace", "--run", rid], other)
     assert _q(other, "SELECT COUNT(*) FROM traces")[0][0] == 0
+
+
+def test_a_re_judged_trial_is_traced_again(run_db, smollm2):
+    """The marks come from the judgment: after a re-grade (same judge, new scores) the same request
+    recomputes, and the view follows the new scores (last below first: no longer a paper episode)."""
+    db, src, multi = run_db
+    with Store(db, create=False) as store:
+        first = get_trace(store, multi, [A], model=smollm2)
+        assert get_trace(store, multi, [A], model=smollm2).computed is False
+        store.record_judgment(multi, {"judge_key": store.run_judge_key(src), "judge_backend": "offline",
+                                      "judge_model": "hand", "parse_status": "ok"},
+                              [{"text": FIRST, "score": 90.0}, {"text": SECOND, "score": 20.0}])
+        again = get_trace(store, multi, [A], model=smollm2)
+    assert again.computed and again.trace.trace_id != first.trace.trace_id
+    assert again.trace.region == first.trace.region
+    np.testing.assert_array_equal(again.trace.acts, first.trace.acts)
+    assert _q(db, "SELECT first_score, last_score, paper_episode FROM trace_region_stats WHERE trace_id = ?",
+              (again.trace.trace_id,)) == [(90.0, 20.0, 0)]
