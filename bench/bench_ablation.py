@@ -165,7 +165,8 @@ def main() -> None:
     m.close()
     out = {
         "model": resolved.name, "sae": entry.sae.source, "layer": layer, "boost": boost, "order": a.order,
-        "prompt": "concept notes (concept_prompt)" if a.prompt is None else a.prompt, "tokens": a.tokens, "pairs": a.pairs, "threads": m.n_threads,
+        "prompt": "concept notes (concept_prompt)" if a.prompt is None else a.prompt, "tokens": a.tokens,
+        "pairs": a.pairs, "threads": m.n_threads,
         "ablated_latents": latents, "n_ablated": len(latents),
         "chosen_latents_firing_on_the_text": sum(counts[j] > 0 for j in latents),
         "firing_positions_of_chosen": {str(j): counts[j] for j in latents}, "positions_read": n_pos,

@@ -80,7 +80,8 @@ def trace_cmd(trial, run_id, limit, latents, unsteered, recompute, as_json, as_c
     else:
         for r in results:
             click.echo(f"{r.trace.trace_id}\t{r.trace.trial_id}")
-    click.echo(f"{len(results)} traces of run {run_id}: {computed} computed, {len(results) - computed} already stored",
+    click.echo(f"{len(results)} trace{'' if len(results) == 1 else 's'} of run {run_id}: {computed} computed, "
+               f"{len(results) - computed} already stored",
                err=True)
 
 

@@ -47,7 +47,8 @@ def _settings(req: TraceRequest, trace: Trace, sae, model) -> dict:
     from .provenance import machine, versions
     from .trace_regions import CORRECTION_WINDOW
 
-    return {"judgment_sha256": req.judgment_sha256, "sae_files": req.spec.sae.files, "sae_family": sae.info.family, "sae_activation": sae.info.activation,
+    return {"judgment_sha256": req.judgment_sha256, "sae_files": req.spec.sae.files, "sae_family": sae.info.family,
+            "sae_activation": sae.info.activation,
             "sae_hook_name": sae.info.hook_name, "d_sae": req.spec.sae.d_sae,
             "n_ctx": max(64, trace.prompt_tokens + len(trace.tokens)), "threads": model.n_threads,
             "chat_mode": req.spec.model.chat_mode, "chat_template": req.spec.model.chat_template,

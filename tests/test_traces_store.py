@@ -22,7 +22,7 @@ from esr_local.cli import main
 from esr_local.readout import ResidualReader
 from esr_local.saes import load_sae
 from esr_local.store import Store
-from esr_local.trace_store import get_trace, trace_run
+from esr_local.trace_store import get_trace
 
 from test_ablation import A, B, LAYER, firing_sae  # noqa: F401 - fixtures
 from test_ablation_runs import source_run  # noqa: F401
