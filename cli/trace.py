@@ -37,13 +37,15 @@ def _print_table(tr, computed: bool) -> None:
 @click.option("--run", "run_id", default=None, help="Trace every judged trial of this run (stored ones are skipped).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="With --run: only its first N judged trials.")
 @click.option("--latents", "latents", default="", help="Comma-separated latents (default: each trial's steered latent).")
+@click.option("--detector-set", "detector_set", default=None,
+              help="Trace the latents of this stored detector set (esr-local detectors find) instead of --latents.")
 @click.option("--unsteered", is_flag=True, help="Teacher-force without the trial's steering vector.")
 @click.option("--recompute", is_flag=True, help="Compute again and replace a stored trace.")
 @click.option("--json", "as_json", is_flag=True, help="Print the stored trace(s) as JSON.")
 @click.option("--csv", "as_csv", is_flag=True,
               help="Print CSV: one row per token (a trial), or one per token and latent (--run).")
 @db_option
-def trace_cmd(trial, run_id, limit, latents, unsteered, recompute, as_json, as_csv, db):
+def trace_cmd(trial, run_id, limit, latents, detector_set, unsteered, recompute, as_json, as_csv, db):
     """Teacher-force a trial's response (or every judged trial of a run), store each token's activations
     with attempts and regions marked (tables traces, trace_values; view trace_region_stats), print them."""
     from esr_local.trace_store import get_trace, trace_run
@@ -58,7 +60,7 @@ def trace_cmd(trial, run_id, limit, latents, unsteered, recompute, as_json, as_c
     ids = _latents(latents)
     with open_store(db, create=False) as store:
         if trial is not None:
-            res = get_trace(store, trial, ids, steered=not unsteered, recompute=recompute)
+            res = get_trace(store, trial, ids, steered=not unsteered, recompute=recompute, detector_set=detector_set)
             if as_json:
                 click.echo(res.trace.to_json())
             elif as_csv:
@@ -71,7 +73,7 @@ def trace_cmd(trial, run_id, limit, latents, unsteered, recompute, as_json, as_c
             click.echo(f"{'traced' if r.computed else 'stored'}\t{r.trace.trace_id}\t{r.trace.trial_id}", err=True)
 
         results = trace_run(store, run_id, ids, steered=not unsteered, limit=limit, recompute=recompute,
-                            progress=progress)
+                            detector_set=detector_set, progress=progress)
     computed = sum(r.computed for r in results)
     if as_json:
         click.echo(json.dumps([r.trace.to_dict() for r in results], ensure_ascii=False))

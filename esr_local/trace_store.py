@@ -47,7 +47,10 @@ def _settings(req: TraceRequest, trace: Trace, sae, model) -> dict:
     from .provenance import machine, versions
     from .trace_regions import CORRECTION_WINDOW
 
-    return {"judgment_sha256": req.judgment_sha256, "sae_files": req.spec.sae.files, "sae_family": sae.info.family,
+    return {"judgment_sha256": req.judgment_sha256, "latent_source": req.latent_source,
+            # the trace never applies a run's ablation (the readout's callback is the context's only one)
+            "run_ablation_not_applied": req.spec.ablation,
+            "sae_files": req.spec.sae.files, "sae_family": sae.info.family,
             "sae_activation": sae.info.activation,
             "sae_hook_name": sae.info.hook_name, "d_sae": req.spec.sae.d_sae,
             "n_ctx": max(64, trace.prompt_tokens + len(trace.tokens)), "threads": model.n_threads,
@@ -160,9 +163,10 @@ def _get(store, req: TraceRequest, res: _Resources, recompute: bool) -> TraceRes
 
 
 def get_trace(store, trial_id: str, latents: Sequence[int], *, steered: bool = True, recompute: bool = False,
-              model=None) -> TraceResult:
-    """The stored trace of a trial, computed and stored first when there is none (or `recompute`)."""
-    req = resolve_request(store, find_trial(store, trial_id), latents, steered=steered)
+              model=None, detector_set: str | None = None) -> TraceResult:
+    """The stored trace of a trial, computed and stored first when there is none (or `recompute`).
+    `detector_set` names a stored detector set whose latents are traced instead of `latents`."""
+    req = resolve_request(store, find_trial(store, trial_id), latents, steered=steered, detector_set=detector_set)
     res = _Resources(req.spec, model)
     try:
         return _get(store, req, res, recompute)
@@ -171,7 +175,7 @@ def get_trace(store, trial_id: str, latents: Sequence[int], *, steered: bool = T
 
 
 def trace_run(store, run_id: str, latents: Sequence[int], *, steered: bool = True, limit: int | None = None,
-              recompute: bool = False, model=None,
+              recompute: bool = False, model=None, detector_set: str | None = None,
               progress: Callable[[TraceResult], None] | None = None) -> list[TraceResult]:
     """Trace the first `limit` judged trials of a run (all by default), in the run's trial order; stored
     traces are read back, so an interrupted call resumes where it stopped."""
@@ -186,7 +190,8 @@ def trace_run(store, run_id: str, latents: Sequence[int], *, steered: bool = Tru
         raise UserInputError(f"run {run['id']} has no judged trials to trace; judge it first "
                              f"(esr-local judge grade {run['id']}) or trace one trial by id")
     spec = load_spec(run)
-    reqs = [resolve_request(store, t, latents, steered=steered, spec=spec, judged=t) for t in judged[:limit]]
+    reqs = [resolve_request(store, t, latents, steered=steered, spec=spec, judged=t, detector_set=detector_set)
+            for t in judged[:limit]]
     res = _Resources(spec, model)
     out = []
     try:

@@ -101,6 +101,7 @@ class TraceRequest:
     boost: float
     judgment: dict | None
     attempts: list[dict]
+    latent_source: dict = field(default_factory=lambda: {"kind": "given"})
 
     @property
     def judgment_sha256(self) -> str:
@@ -128,13 +129,33 @@ def find_trial(store, trial_id: str) -> dict:
     return dict(zip(cols, rows[0]))
 
 
+def detector_latents(store, name: str, spec) -> tuple[list[int], dict]:
+    """The latents of a stored detector set (`esr-local detectors find`), which must be of the run's SAE."""
+    from .detectors import load_detector_set
+
+    ds = load_detector_set(store, name)
+    if ds.sae_source != spec.sae.source or ds.d_sae != spec.sae.d_sae:
+        raise UserInputError(f"detector set {ds.name!r} belongs to the SAE {ds.sae_source!r} ({ds.d_sae} latents), "
+                             f"but this run uses {spec.sae.source!r} ({spec.sae.d_sae}); use a set found with the run's SAE")
+    if not ds.latents:
+        raise UserInputError(f"detector set {ds.name!r} holds no latents (its {ds.rule} rule kept none); "
+                             "choose another set or give --latents")
+    return [int(j) for j in ds.latents], {"kind": "detector_set", "name": ds.name, "id": ds.id}
+
+
 def resolve_request(store, trial: dict, latents: Sequence[int], *, steered: bool = True, spec=None,
-                    judged: dict | None = None) -> TraceRequest:
-    """Check the latents against the run's SAE and pick the layer and vector, without loading anything.
-    `judged` is the trial as `Store.trials` gives it (with judgment and attempts), when already at hand."""
+                    judged: dict | None = None, detector_set: str | None = None) -> TraceRequest:
+    """Check the latents (given, or a detector set's) against the run's SAE and pick the layer and vector,
+    without loading anything. `judged` is the trial as `Store.trials` gives it (with judgment and
+    attempts), when already at hand."""
     from .runs.execute import load_spec
 
     spec = spec or load_spec(store.get_run(trial["run_id"]))
+    source: dict = {"kind": "given"} if latents else {"kind": "steered latent"}
+    if detector_set is not None:
+        if latents:
+            raise UserInputError("give --latents or --detector-set, not both")
+        latents, source = detector_latents(store, detector_set, spec)
     lat = [int(j) for j in latents] or [int(trial["latent"])]
     for j in lat:
         if not 0 <= j < spec.sae.d_sae:
@@ -150,7 +171,7 @@ def resolve_request(store, trial: dict, latents: Sequence[int], *, steered: bool
     ok = judgment is not None and judgment.get("parse_status") == "ok"
     return TraceRequest(trial=trial, spec=spec, latents=lat, layer=layer, steered=bool(steered and boost != 0),
                         boost=boost, judgment=judgment if ok else None,
-                        attempts=list(judged.get("attempts") or []) if ok else [])
+                        attempts=list(judged.get("attempts") or []) if ok else [], latent_source=source)
 
 
 def compute_trace(req: TraceRequest, model, sae, decoder_rows: dict) -> tuple[Trace, Regions]:

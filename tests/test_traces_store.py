@@ -249,3 +249,30 @@ def test_a_re_judged_trial_is_traced_again(run_db, smollm2):
     np.testing.assert_array_equal(again.trace.acts, first.trace.acts)
     assert _q(db, "SELECT first_score, last_score, paper_episode FROM trace_region_stats WHERE trace_id = ?",
               (again.trace.trace_id,)) == [(90.0, 20.0, 0)]
+
+
+def _detector_set(db, name, sae_source, d_sae, latents):
+    con = sqlite3.connect(db)
+    con.execute("INSERT INTO detector_sets (id, name, created_utc, sae_source, d_sae, rule, latents_json, strict_json, "
+                "auc_json, stats_json, settings_json) VALUES (?, ?, '2026-12-02', ?, ?, 'strict', ?, ?, '[]', '{}', '{}')",
+                (f"id-{name}", name, sae_source, d_sae, json.dumps(latents), json.dumps(latents)))
+    con.commit()
+    con.close()
+
+
+def test_a_detector_set_gives_the_latents(run_db):
+    db, src, multi = run_db
+    sae = json.loads(_q(db, "SELECT spec_json FROM runs WHERE id = ?", (src,))[0][0])["sae"]
+    _detector_set(db, "dets", sae["source"], sae["d_sae"], [B, A])
+    _detector_set(db, "elsewhere", "hf://someone/other-sae", sae["d_sae"], [B])
+    _detector_set(db, "empty", sae["source"], sae["d_sae"], [])
+    res = CliRunner().invoke(main, ["trace", multi, "--detector-set", "dets", "--unsteered", "--json", "--db", str(db)])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["latents"] == [B, A]
+    (settings,) = _q(db, "SELECT settings_json FROM traces WHERE id = ?", (doc["trace_id"],))[0]
+    assert json.loads(settings)["latent_source"] == {"kind": "detector_set", "name": "dets", "id": "id-dets"}
+    assert "belongs to the SAE 'hf://someone/other-sae'" in _error(["trace", multi, "--detector-set", "elsewhere"], db)
+    assert "holds no latents" in _error(["trace", multi, "--detector-set", "empty"], db)
+    assert "not both" in _error(["trace", multi, "--detector-set", "dets", "--latents", "1"], db)
+    assert "no detector set named 'nope'" in _error(["trace", "--run", src, "--detector-set", "nope"], db)
