@@ -40,3 +40,30 @@ def smollm2(smollm2_path):
     m = SteeredModel(smollm2_path, n_ctx=1024)
     yield m
     m.close()
+
+
+@pytest.fixture(scope="session")
+def real_run(tmp_path_factory):
+    """One real run shared by the tests that only read it: the embedded SmolLM2 steered at latent 1 (boost 3)
+    and unsteered, 1 prompt, 12 tokens, judged by the default offline judge after its full check on the shipped
+    cases (the one place the suite runs that check: about 2 minutes of the suite). Returns db, run_id and the
+    data folder holding the cached check (`judge-checks/`). Copy the database before changing it."""
+    import json
+
+    from click.testing import CliRunner
+
+    from esr_local.cli import main
+
+    root = tmp_path_factory.mktemp("real_run")
+    db = root / "real.db"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ESR_LOCAL_HOME", str(root / "home"))
+        mp.setenv("ESR_LOCAL_VECTORS", str(root / "vectors"))
+        for name in ("ESR_LOCAL_DB", "ESR_LOCAL_CATALOG", "ESR_LOCAL_RAISE_ERRORS"):
+            mp.delenv(name, raising=False)
+        result = CliRunner().invoke(main, [
+            "run", "--db", str(db), "--latent", "1", "--boost", "3", "--n-prompts", "1", "--max-tokens", "12",
+            "--condition", "steered", "--condition", "baseline", "--seed", "7", "--threads", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    return {"db": db, "run_id": json.loads(result.stdout)["summary"]["run_id"], "home": root / "home",
+            "output": result.output}

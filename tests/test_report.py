@@ -189,15 +189,12 @@ def test_missing_matplotlib_is_one_clear_line(imported, tmp_path):
 
 
 @pytest.mark.slow
-def test_report_of_a_real_run(tmp_path):
-    """A real run (embedded SmolLM2, fixed boost, few tokens) through `run`, then its report."""
-    db = tmp_path / "real.db"
-    result = CliRunner().invoke(main, [
-        "run", "--db", str(db), "--latent", "1", "--boost", "3", "--n-prompts", "1", "--max-tokens", "12",
-        "--condition", "steered", "--condition", "baseline", "--seed", "7", "--threads", "1", "--json"])
-    assert result.exit_code == 0, result.output
-    (run,) = json.loads(_cli("runs", "--db", str(db), "--json")[1])
-    run_id = run["id"]
+def test_report_of_a_real_run(real_run, tmp_path):
+    """A real run (embedded SmolLM2, fixed boost, few tokens, the default offline judge after its full check;
+    the session's shared `real_run`) through `run`, then its report."""
+    db, run_id = real_run["db"], real_run["run_id"]
+    (listed,) = json.loads(_cli("runs", "--db", str(db), "--json")[1])
+    assert listed["id"] == run_id and listed["status"] == "success"
     out = tmp_path / "report"
     assert _cli("report", run_id, "--db", str(db), "-o", str(out))[0] == 0
     numbers = json.loads((out / "report.json").read_text())
@@ -213,6 +210,10 @@ def test_report_of_a_real_run(tmp_path):
     counted = sum(m["n"] for m in numbers["per_run"])
     assert page.count('class="trial"') == min(6, counted)  # example trials are the counted ones
     assert '<figure id="fig-rates"><svg' in page
+    # the default judge passed its check on the shipped cases, and the run recorded it
+    check = json.loads(run["spec_json"])["judge"]["check"]
+    assert check["status"] == "passed" and check["summary"]["n_cases"] == 48 and check["summary"]["passed"]
+    assert all(check["summary"]["checks"].values())
 
 
 def test_judge_and_exclude_flagged_mean_what_they_mean_for_metrics(imported, tmp_path):
