@@ -213,8 +213,8 @@ def build_concept_dictionary(
     (minus the mean over the neutral texts); see `concept_directions`.
     `model_path` defaults to the embedded SmolLM2 GGUF; `out_dir` to `./vectors/smollm2-135m-concepts`.
     `n_threads` (recorded as `build_threads`): the shipped files were built with BUILD_THREADS; the rows do not
-    depend on it (tests/test_dictionary.py builds with 1 and 2 threads: the same weights), and 1 runs far faster
-    on a busy machine (2 threads on 2 shared cores wait on each other).
+    depend on it (tests/test_dictionary.py rebuilds them with 1 thread: the same bytes), and 1 runs far faster on
+    a busy machine (2 threads on 2 shared cores wait on each other).
     """
     model_path = Path(model_path) if model_path is not None else default_model_path()
     if not model_path.is_file():

@@ -91,56 +91,6 @@ def test_concepts_file_has_enough_texts():
         assert 4 <= len(concept.texts) <= 6, concept.key
 
 
-TINY_CONCEPTS = """
-[neutral]
-texts = ["The meeting is on Tuesday afternoon.", "Please read the notes before you reply."]
-
-[[concept]]
-key = "octopus"
-label = "octopuses and their arms"
-texts = ["An octopus has eight arms covered in suckers.", "The octopus squeezed through a tiny gap in the rocks."]
-concreteness = 95
-
-[[concept]]
-key = "bread"
-label = "baking bread"
-texts = ["Knead the dough until it is smooth and elastic.", "The loaf rose in the warm oven and smelled of yeast."]
-concreteness = 90
-
-[[concept]]
-key = "volcano"
-label = "volcanoes and lava"
-texts = ["Lava poured from the crater of the volcano.", "The volcano erupted and ash covered the village."]
-concreteness = 92
-"""
-
-
-def test_rebuild_is_deterministic_byte_for_byte(tmp_path):
-    """The whole build (model load, residual reads, centring, encoder fit, files) twice from the same texts,
-    with 1 and with BUILD_THREADS threads: the same bytes (cfg.json differs only in the thread count it
-    records). A small concepts file keeps it cheap; the shipped rows are checked below."""
-    concepts = tmp_path / "concepts.toml"
-    concepts.write_text(TINY_CONCEPTS, encoding="utf-8")
-    a = dic.build_concept_dictionary(layer=dic.DEFAULT_LAYER, out_dir=tmp_path / "a", concepts_file=concepts,
-                                     n_threads=1)
-    b = dic.build_concept_dictionary(layer=dic.DEFAULT_LAYER, out_dir=tmp_path / "b", concepts_file=concepts)
-    names = sorted(p.name for p in a.iterdir())
-    assert names == ["cfg.json", "concreteness.csv", "labels.csv", "sae_weights.safetensors"]
-    assert sorted(p.name for p in b.iterdir()) == names
-    for name in ("concreteness.csv", "labels.csv", "sae_weights.safetensors"):
-        assert (a / name).read_bytes() == (b / name).read_bytes(), name
-    cfg_a, cfg_b = (json.loads((d / "cfg.json").read_text()) for d in (a, b))
-    assert (cfg_a["metadata"].pop("build_threads"), cfg_b["metadata"].pop("build_threads")) == (1, dic.BUILD_THREADS)
-    assert cfg_a == cfg_b
-    w = _weights(a)
-    assert w["W_dec"].shape == (3, 576)
-    np.testing.assert_allclose(w["W_dec"].sum(axis=0), 0.0, atol=1e-4)  # centred on the concepts' mean
-    cfg = json.loads((a / "cfg.json").read_text())
-    assert cfg["metadata"]["concepts_sha256"] == hashlib.sha256(concepts.read_bytes()).hexdigest()
-    assert cfg["metadata"]["concept_keys"] == ["octopus", "bread", "volcano"]
-    assert _labels(a) == [(0, "octopuses and their arms"), (1, "baking bread"), (2, "volcanoes and lava")]
-
-
 def test_shipped_dictionary_records_how_it_was_built():
     """What a rebuild depends on is recorded once, in cfg.json, and matches this checkout and install."""
     meta = json.loads((SHIPPED / "cfg.json").read_text(encoding="utf-8"))["metadata"]
@@ -161,32 +111,22 @@ def test_shipped_dictionary_records_how_it_was_built():
     np.testing.assert_allclose(w["W_enc"], expected, rtol=1e-5)
 
 
-# A deterministic sample of shipped rows: first, middle and last concept.
-SAMPLE = (0, 19, 37)
-
-
-def test_shipped_rows_are_reproduced_from_their_texts():
-    """Row i of W_dec is concept i's mean residual minus the mean over all concepts, so a difference of two
-    rows needs only those two concepts' texts: W_dec[i] - W_dec[j] = mean_i - mean_j, re-read here with the
-    recorded settings, equal to float32 rounding."""
-    concepts = dic.load_concepts()
-    assert len(concepts.concepts) == SAMPLE[-1] + 1  # the sample spans the whole file
-    subset = dic.ConceptSet(tuple(concepts.concepts[i] for i in SAMPLE), concepts.neutral, concepts.sha256)
-    llm = llama_cpp.Llama(model_path=str(dic.default_model_path()), n_ctx=dic.DEFAULT_N_CTX,
-                          n_threads=1, verbose=False, flash_attn=False)
-    try:  # 1 thread: the same numbers as BUILD_THREADS (test above), much faster on a busy machine
-        fresh = dic.concept_directions(llm, [dic.DEFAULT_LAYER], subset, n_threads=1)[dic.DEFAULT_LAYER].astype(np.float64)
-    finally:
-        llm.close()
-    shipped = _weights(SHIPPED)["W_dec"].astype(np.float64)[list(SAMPLE)]
-    for a in range(len(SAMPLE)):
-        for b in range(a + 1, len(SAMPLE)):
-            want, got = shipped[a] - shipped[b], fresh[a] - fresh[b]
-            # each stored float32 is within half an ulp of its float64 value: 4 ulps of the largest entry
-            tol = 4 * float(np.spacing(np.float32(max(np.abs(shipped[[a, b]]).max(), np.abs(fresh[[a, b]]).max()))))
-            diff = float(np.abs(want - got).max())
-            assert diff <= tol, f"rows {SAMPLE[a]} - {SAMPLE[b]}: max |diff| {diff} > {tol} (kernels or texts changed?)"
-            assert np.linalg.norm(want) > 1.0  # a real difference, not two zero rows
+def test_rebuild_is_byte_identical(tmp_path):
+    """The shipped dictionary (built with BUILD_THREADS) rebuilt end to end from the concepts file with one
+    thread: the same bytes, so the weights depend on neither the run nor the thread count. 2 threads on a busy
+    2-core machine took 310 s (the threads wait on each other), 1 takes ~25 s."""
+    out = dic.build_concept_dictionary(layer=dic.DEFAULT_LAYER, out_dir=tmp_path / "dict", n_threads=1)
+    rebuilt = (out / "sae_weights.safetensors").read_bytes()
+    shipped = (SHIPPED / "sae_weights.safetensors").read_bytes()
+    if rebuilt != shipped:
+        # Say how far apart they are before failing, to tell a CPU/kernel difference from a real change.
+        a, b = _weights(out)["W_dec"], _weights(SHIPPED)["W_dec"]
+        pytest.fail(f"rebuilt W_dec differs from the shipped one: max |diff| = {np.abs(a - b).max()}")
+    for name in ("labels.csv", dic.CONCRETENESS_FILE):
+        assert (out / name).read_bytes() == (SHIPPED / name).read_bytes(), name
+    rebuilt_cfg, shipped_cfg = (json.loads((d / "cfg.json").read_text()) for d in (out, SHIPPED))
+    assert (rebuilt_cfg["metadata"].pop("build_threads"), shipped_cfg["metadata"].pop("build_threads")) == (1, dic.BUILD_THREADS)
+    assert rebuilt_cfg == shipped_cfg
 
 
 def test_bad_concepts_files_are_rejected(tmp_path):
