@@ -6,11 +6,13 @@ working tree instead) and a pyproject.toml whose [tool.mutmut] section is the re
 big files, to the functions that carry the protocol) and to the fast tests that cover it. mutmut then
 copies the code into `mutants/<name>/mutants/`, maps tests to functions, and runs each mutant against the
 tests that reach it. The per-module tally (killed / survived / timeout / other) is printed as a Markdown
-table row for MUTATION.md, and survivors are listed with `mutmut show`.
+table row for MUTATION.md, and survivors are listed with `mutmut show`. Every mutant mutmut reports as a
+timeout is then run again alone in a fresh pytest process (`recheck_timeouts`), whose verdict replaces it.
 
     .venv/bin/python tools/mutate.py                 # every module below
     .venv/bin/python tools/mutate.py metrics parse   # some of them
     .venv/bin/python tools/mutate.py --report        # tally finished work folders again, run nothing
+    .venv/bin/python tools/mutate.py --recheck-only sampling   # re-run a finished folder's timeouts only
 """
 
 from __future__ import annotations
@@ -149,11 +151,44 @@ def run_module(mod: Module, max_children: int, fresh: bool, worktree: bool) -> i
     return subprocess.run(cmd, cwd=folder, env=env).returncode
 
 
+def recheck_timeouts(mod: Module, timeout_s: float) -> None:
+    """Run every mutant mutmut reported as a timeout again, alone, in a fresh pytest process.
+
+    On the shared VM mutmut's fork server reported surviving mutants of model-backed modules as timeouts
+    (their tests pass in seconds when run alone), which would count them as killed. The fresh run's exit
+    code (0 survived, 1 killed; still over `timeout_s`: a real timeout) is kept in rechecked.json and
+    replaces mutmut's in the tally.
+    """
+    folder = WORK / mod.name
+    meta = folder / "mutants" / (mod.file + ".meta")
+    if not meta.exists():
+        return
+    codes = json.loads(meta.read_text("utf-8"))["exit_code_by_key"]
+    store = folder / "rechecked.json"
+    done = json.loads(store.read_text("utf-8")) if store.exists() else {}
+    tests = [t for t in mod.tests if (ROOT / t).exists()]
+    for key in sorted(k for k, v in codes.items() if v in TIMEOUT and k not in done):
+        env = dict(os.environ, MUTANT_UNDER_TEST=key, ESR_LOCAL_THREADS=os.environ.get("ESR_LOCAL_THREADS", "1"))
+        cmd = ["nice", "-n", "10", sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+               "-p", "no:randomly", *tests]
+        try:
+            rc = subprocess.run(cmd, cwd=folder / "mutants", env=env, capture_output=True,
+                                timeout=timeout_s).returncode
+        except subprocess.TimeoutExpired:
+            rc = 36  # mutmut's "timeout"
+        done[key] = rc
+        store.write_text(json.dumps(done, indent=1, sort_keys=True) + "\n", "utf-8")
+        print(f"recheck {key}: exit {rc}", flush=True)
+
+
 def tally(mod: Module) -> dict | None:
     meta = WORK / mod.name / "mutants" / (mod.file + ".meta")
     if not meta.exists():
         return None
     codes = json.loads(meta.read_text("utf-8"))["exit_code_by_key"]
+    rechecked = WORK / mod.name / "rechecked.json"
+    if rechecked.exists():
+        codes.update({k: v for k, v in json.loads(rechecked.read_text("utf-8")).items() if k in codes})
     if mod.functions:
         codes = {k: v for k, v in codes.items() if any(fnmatch.fnmatch(k, g) for g in _globs(mod))}
     out = {"killed": 0, "survived": 0, "timeout": 0, "crashed": 0, "other": 0, "not_checked": 0, "survivors": []}
@@ -206,6 +241,9 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="reuse the work folder (mutmut's cache) instead of starting fresh")
     ap.add_argument("--worktree", action="store_true", help="mutate the working tree instead of HEAD")
     ap.add_argument("--max-children", type=int, default=2)
+    ap.add_argument("--recheck", type=float, default=900.0, metavar="SECONDS",
+                    help="re-run each reported timeout alone with this limit (0: keep mutmut's verdict)")
+    ap.add_argument("--recheck-only", action="store_true", help="only re-run the timeouts of finished work folders")
     args = ap.parse_args()
     known = {m.name: m for m in MODULES}
     unknown = [n for n in args.modules if n not in known]
@@ -213,9 +251,12 @@ def main() -> int:
         ap.error(f"unknown module(s) {', '.join(unknown)}; known: {', '.join(known)}")
     mods = [known[n] for n in args.modules] if args.modules else MODULES
     rc = 0
-    if not args.report:
+    if not args.report and not args.recheck_only:
         for mod in mods:
             rc |= run_module(mod, args.max_children, fresh=not args.keep, worktree=args.worktree)
+    if args.recheck > 0 and (not args.report or args.recheck_only):
+        for mod in mods:
+            recheck_timeouts(mod, args.recheck)
     report(mods, args.show)
     return rc
 
