@@ -33,8 +33,10 @@ def _penalised(logits: np.ndarray, history: list[int], penalty: float) -> np.nda
 @pytest.fixture(scope="module")
 def reference(smollm2_path):
     """An independent llama.cpp context that returns the logits of every position."""
+    # One thread for the prompt too (n_threads_batch defaults to every core): llama.cpp's OpenMP team of
+    # several threads would hang a process forked after it, as mutmut forks each mutant's test run.
     ref = llama_cpp.Llama(model_path=str(smollm2_path), n_ctx=512, n_batch=512, logits_all=True,
-                          flash_attn=True, n_threads=1, verbose=False)
+                          flash_attn=True, n_threads=1, n_threads_batch=1, verbose=False)
     yield ref
     ref.close()
 
