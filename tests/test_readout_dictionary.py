@@ -25,10 +25,12 @@ CHECKED = 10  # concepts re-read here (all 38 take minutes on a busy 2-core mach
 def build_reads():
     """Token residuals (first token skipped) of every concept text and neutral text, read as the builder does."""
     concepts = dic.load_concepts()
+    # One thread reads the same numbers as the builder's BUILD_THREADS (test_dictionary's rebuild), and is far
+    # faster on a busy 2-core machine.
     llm = llama_cpp.Llama(model_path=str(dic.default_model_path()), n_ctx=dic.DEFAULT_N_CTX,
-                          n_threads=dic.BUILD_THREADS, verbose=False, flash_attn=False)
+                          n_threads=1, verbose=False, flash_attn=False)
     try:
-        with ResidualReader(llm, n_ctx=dic.DEFAULT_N_CTX, n_threads=dic.BUILD_THREADS, flash_attn=False) as reader:
+        with ResidualReader(llm, n_ctx=dic.DEFAULT_N_CTX, n_threads=1, flash_attn=False) as reader:
             def read(text):
                 toks = llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
                 return reader.read(toks, [dic.DEFAULT_LAYER])[dic.DEFAULT_LAYER][1:]
