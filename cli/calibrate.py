@@ -7,11 +7,14 @@ import sys
 
 import click
 
+from esr_local.paths import default_db_path
 from esr_local.runs import RunOptions, create_run, execute_run
+from esr_local.runs.create import check_options
+from esr_local.store_files import store_kept_only_with_a_run
 from esr_local.sampling import MAX_SEED
 
 from .common import calibration_options, finite_float, model_options
-from .options import db_option, open_store
+from .options import db_option
 from .run import judge_options
 
 
@@ -35,10 +38,11 @@ from .run import judge_options
 @db_option
 def calibrate_cmd(db, as_json, latents, **kw):
     """Calibrate latents by probabilistic bisection; results are cached per model, SAE, latent, layer, judge and settings."""
-    store = open_store(db)
     echo = lambda s: click.echo(s, err=True)  # noqa: E731
     opts = RunOptions(latents=list(latents), calibrate_only=True, **kw)
-    run_id, judge = create_run(store, opts, ["esr-local", *sys.argv[1:]], echo=echo)
+    check_options(opts)  # before the database is opened; one this command creates goes if the run is not stored
+    with store_kept_only_with_a_run(db if db is not None else default_db_path()) as store:
+        run_id, judge = create_run(store, opts, ["esr-local", *sys.argv[1:]], echo=echo)
     out = execute_run(store, run_id, judge=judge, echo=echo)
     rows = store.latents(run_id)
     if as_json:

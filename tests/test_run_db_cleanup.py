@@ -39,6 +39,12 @@ def test_a_failed_new_run_leaves_no_database_and_no_folder(tmp_path, bad, needle
     assert not (tmp_path / "new").exists()  # no esr.db, -wal, -shm, nor the new/sub folders made for it
 
 
+def test_a_failed_calibrate_leaves_no_database_either(tmp_path):
+    db = tmp_path / "new" / "esr.db"
+    assert "out of range" in _error_line(["calibrate", "--db", str(db), "--latent", "99999", *JUDGE])
+    assert not (tmp_path / "new").exists()
+
+
 def test_an_existing_database_is_kept_with_its_runs(tmp_path):
     db = tmp_path / "esr.db"
     with Store(db) as store:
