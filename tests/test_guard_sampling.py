@@ -46,6 +46,9 @@ def test_the_penalty_divides_the_logit_of_a_seen_token_and_nothing_more():
     neg = np.full(N_VOCAB, -1.05, np.float32)
     neg[5] = -1.0
     assert _pick(greedy(1.0), neg, history=[5]) == 5 and _pick(greedy(1.1), neg, history=[5]) != 5
+    # Every penalty other than 1.0 is applied, whatever its value (2.0 included).
+    assert _pick(greedy(2.0), _two_best(), history=[5]) != 5
+    assert _pick(greedy(0.5), _two_best(best=1.0, rest=1.9), history=[5]) == 5  # < 1 rewards: 1.0 / 0.5 = 2.0
 
 
 def test_the_penalty_window_is_the_whole_context():
@@ -95,7 +98,8 @@ def test_validate_edges_and_messages():
              ({"max_tokens": 0}, "max tokens must be at least 1, got 0"),
              ({"repetition_penalty": 0.0}, r"repetition penalty must be > 0 \(1.0 = off\), got 0.0"),
              ({"repetition_penalty": float("inf")}, "repetition penalty must be > 0"),
-             ({"top_k": -1}, "top-k must be >= 0"), ({"top_p": 0.0}, "top-p in"), ({"top_p": 1.01}, "top-p in"),
+             ({"top_k": -1}, r"^top-k must be >= 0 \(0 = off\), top-p in \(0, 1\] and min-p in \[0, 1\)$"),
+             ({"top_p": 0.0}, "top-p in"), ({"top_p": 1.01}, "top-p in"),
              ({"min_p": 1.0}, r"min-p in \[0, 1\)"), ({"min_p": -0.1}, "min-p in")]
     for bad, message in cases:
         with pytest.raises(UserInputError, match=message):
