@@ -205,9 +205,11 @@ def test_every_sampling_setting_reaches_the_generations(smollm2, row, change):
 
 def test_settings_check_and_hash():
     CalibrationSettings().check()
-    CalibrationSettings(samples_per_step=1, max_tokens=1).check()
-    for bad, message in [({"samples_per_step": 0}, "at least 1 sample per step and 1 token"),
-                         ({"max_tokens": 0}, "at least 1 sample per step and 1 token"),
+    CalibrationSettings(samples_per_step=1, max_tokens=1, remeasure_samples=1).check()  # the paper's one re-measure
+    for bad, message in [({"samples_per_step": 0}, "^calibration needs at least 1 sample per step and 1 token$"),
+                         ({"max_tokens": 0}, "^calibration needs at least 1 sample per step and 1 token$"),
+                         ({"remeasure_samples": 0},
+                          r"^calibration needs at least 1 re-measure sample \(--remeasure-samples\)$"),
                          ({"target": 1.0}, "target must be between 0 and 1"),
                          ({"lower": 5.0, "upper": 5.0}, "lower < upper"),
                          ({"prior_std": 0.0}, "prior_std must be positive"),
