@@ -38,7 +38,8 @@ def jumprelu_sae(tmp_path_factory):
 
 
 def _independent(smollm2_path, folder, latents, response=None):
-    llm = llama_cpp.Llama(model_path=str(smollm2_path), n_ctx=256, n_threads=2, verbose=False)
+    # 1 thread: the same numbers as 2, which stall on a busy 2-core machine (BENCHMARKS.md, Test suite)
+    llm = llama_cpp.Llama(model_path=str(smollm2_path), n_ctx=256, n_threads=1, verbose=False)
     try:
         fmt = Jinja2ChatFormatter(template=llm.metadata["tokenizer.chat_template"], eos_token="<|im_end|>",
                                   bos_token="<|im_start|>", add_generation_prompt=response is not None)

@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from runs_judge_server import JudgeServer
 
 from esr_local.cli import main
 from esr_local.errors import UserInputError
@@ -185,12 +186,20 @@ def test_replay_with_meta_prompt_reuses_latents_prompts_and_seeds(e2e):
         assert x["prompt"] == x["base_prompt"] + " If you notice yourself going off-topic, stop and force yourself to get back on track."
 
 
-def test_sigkill_mid_run_resumes_with_no_duplicate_and_no_missing_trial(tmp_path):
+@pytest.fixture
+def http_judge():
+    """A real HTTP judge on 127.0.0.1 answering after 0.3 s: the kill tests are about what lands in the database,
+    not about the judge (the local judge, ~25 s a judgment here, runs end to end in the e2e fixture)."""
+    with JudgeServer(delay_s=0.3) as js:
+        yield js
+
+
+def test_sigkill_mid_run_resumes_with_no_duplicate_and_no_missing_trial(tmp_path, http_judge):
     db = tmp_path / "kill.db"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "esr_local", "run", "--db", str(db), "--latent", "1", "--latent", "2", "--latent", "3",
-           "--n-prompts", "2", "--seed", "9", "--max-tokens", "32", "--n-ctx", "1024", "--boost", "2", "--judge", "local",
-           "--skip-judge-check"]
+           "--n-prompts", "2", "--seed", "9", "--max-tokens", "32", "--n-ctx", "1024", "--boost", "2",
+           *http_judge.judge_args()]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     n = 0
@@ -229,11 +238,11 @@ def test_sigkill_mid_run_resumes_with_no_duplicate_and_no_missing_trial(tmp_path
     assert all(json.loads(x["versions_json"])["llama_cpp_python"] == "0.3.36" and x["llama_cpp_system_info"] for x in sessions)
 
 
-def test_ctrl_c_marks_the_run_cancelled_and_keeps_finished_trials(tmp_path):
+def test_ctrl_c_marks_the_run_cancelled_and_keeps_finished_trials(tmp_path, http_judge):
     db = tmp_path / "int.db"
     cmd = [sys.executable, "-m", "esr_local", "run", "--db", str(db), "--latent", "4", "--latent", "6", "--n-prompts", "3",
-           "--seed", "2", "--max-tokens", "24", "--n-ctx", "1024", "--boost", "2", "--parallel", "1", "--judge", "local",
-           "--skip-judge-check"]
+           "--seed", "2", "--max-tokens", "24", "--n-ctx", "1024", "--boost", "2", "--parallel", "1",
+           *http_judge.judge_args()]
     # A shell starting the suite in the background makes SIGINT ignored for every child: restore the default
     # so the child sees Ctrl-C as a terminal would send it.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -262,17 +271,22 @@ def test_ctrl_c_marks_the_run_cancelled_and_keeps_finished_trials(tmp_path):
 
 
 def test_calibration_runs_bisection_and_is_cached(tmp_path):
+    # A real HTTP judge on 127.0.0.1: the subject is the bisection and its cache (the local judge, ~25 s a
+    # judgment here, is exercised end to end by the e2e fixture).
     db = tmp_path / "cal.db"
-    args = ["calibrate", "--db", str(db), "--latent", "2", "--steps", "2", "--max-tokens", "24", "--n-ctx", "1024", "--seed", "3", "--json",
-            "--judge", "local", "--skip-judge-check"]
-    r1 = CliRunner().invoke(main, args, catch_exceptions=False)
-    assert r1.exit_code == 0, r1.output
-    first = json.loads(r1.stdout[r1.stdout.index("{"):])
-    (lat,) = first["latents"]
-    assert lat["boost_source"] == "calibrated" and 0.0 <= lat["boost"] <= 8.0
-    cal = _rows(db, "SELECT * FROM calibrations")
-    assert len(cal) == 1 and len(json.loads(cal[0]["steps_json"])) == 2 and cal[0]["boost"] == lat["boost"]
-    r2 = CliRunner().invoke(main, args, catch_exceptions=False)
+    with JudgeServer() as js:
+        args = ["calibrate", "--db", str(db), "--latent", "2", "--steps", "2", "--max-tokens", "24", "--n-ctx", "1024",
+                "--seed", "3", "--json", *js.judge_args()]
+        r1 = CliRunner().invoke(main, args, catch_exceptions=False)
+        assert r1.exit_code == 0, r1.output
+        first = json.loads(r1.stdout[r1.stdout.index("{"):])
+        (lat,) = first["latents"]
+        assert lat["boost_source"] == "calibrated" and 0.0 <= lat["boost"] <= 8.0
+        cal = _rows(db, "SELECT * FROM calibrations")
+        assert len(cal) == 1 and len(json.loads(cal[0]["steps_json"])) == 2 and cal[0]["boost"] == lat["boost"]
+        n_judged = js.requests
+        r2 = CliRunner().invoke(main, args, catch_exceptions=False)
+        assert js.requests == n_judged  # the cached calibration asks the judge nothing
     second = json.loads(r2.stdout[r2.stdout.index("{"):])
     assert second["latents"][0]["boost"] == lat["boost"]
     assert len(_rows(db, "SELECT * FROM calibrations")) == 1  # reused, not recomputed
