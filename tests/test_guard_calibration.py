@@ -13,6 +13,7 @@ import pytest
 from esr_local.bisection import bisect_boost
 from esr_local.calibration import CalibrationSettings, calibrate_latent
 from esr_local.errors import BackendError, UserInputError
+from esr_local.sampling import SamplingParams
 from esr_local.judge.records import Attempt, Judgment
 from esr_local.store import Store
 
@@ -193,12 +194,13 @@ def test_a_cached_entry_without_an_achieved_score_reads_as_zero(smollm2, row, tm
 
 
 @pytest.mark.parametrize("change", [{"temperature": 1.5}, {"repetition_penalty": 2.0}, {"top_k": 1},
-                                    {"top_p": 0.05}, {"min_p": 0.9}])
+                                    {"top_p": 0.05}, {"min_p": 0.9}, {"max_tokens": 20}])
 def test_every_sampling_setting_reaches_the_generations(smollm2, row, change):
     base = _settings(n_steps=1, max_tokens=10)
     a, b = ScriptedJudge(SCRIPT), ScriptedJudge(SCRIPT)
     calibrate_latent(smollm2, a, row, LAYER, LABEL, PROMPTS, base, seed=4)
-    calibrate_latent(smollm2, b, row, LAYER, LABEL, PROMPTS, _settings(n_steps=1, max_tokens=10, **change), seed=4)
+    calibrate_latent(smollm2, b, row, LAYER, LABEL, PROMPTS, _settings(n_steps=1, **{"max_tokens": 10, **change}),
+                     seed=4)
     assert [c[0] for c in a.calls] == [c[0] for c in b.calls]  # same prompts drawn ...
     assert [c[1] for c in a.calls] != [c[1] for c in b.calls]  # ... answered differently
 
@@ -227,3 +229,19 @@ def test_settings_check_and_hash():
         other = (not value) if isinstance(value, bool) else (value + "x" if isinstance(value, str) else value + 1)
         hashes.add(CalibrationSettings(**{f.name: other}).settings_hash())
     assert len(hashes) == 1 + len(dataclasses.fields(CalibrationSettings))
+
+
+def test_a_probe_at_boost_one_steers_by_the_row_itself(smollm2, row):
+    # A prior squeezed against the lower bound 1.0 makes the first probe exactly boost 1.0; greedy decoding
+    # makes the response independent of the sample's seed, so it can be generated here by hand.
+    strong = row * 60
+    prompt = "Describe a forest."
+    s = _settings(n_steps=1, lower=1.0, upper=2.0, prior_mean=0.0, prior_std=0.005, temperature=0.0, max_tokens=8)
+    judge = ScriptedJudge(SCRIPT)
+    out = calibrate_latent(smollm2, judge, strong, LAYER, LABEL, [prompt], s, seed=1)
+    assert out.steps[0]["boost"] == 1.0
+    greedy = SamplingParams(temperature=0.0, max_tokens=8)  # the calibration's other settings are the defaults
+    smollm2.set_directions({LAYER: strong})
+    steered = smollm2.generate(prompt, greedy, 0).text
+    smollm2.clear()
+    assert judge.calls[0][1] == steered != smollm2.generate(prompt, greedy, 0).text
