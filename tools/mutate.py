@@ -26,7 +26,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,6 +191,8 @@ def tally(mod: Module) -> dict | None:
         codes.update({k: v for k, v in json.loads(rechecked.read_text("utf-8")).items() if k in codes})
     if mod.functions:
         codes = {k: v for k, v in codes.items() if any(fnmatch.fnmatch(k, g) for g in _globs(mod))}
+    if mod.name.endswith(".confirm"):  # only the survivors it was given were run
+        codes = {k: v for k, v in codes.items() if v is not None}
     out = {"killed": 0, "survived": 0, "timeout": 0, "crashed": 0, "other": 0, "not_checked": 0, "survivors": []}
     for key, code in sorted(codes.items()):
         if code is None:
@@ -209,6 +211,20 @@ def tally(mod: Module) -> dict | None:
             out["survivors"].append(f"{key} (exit {code})")
     out["total"] = sum(out[k] for k in ("killed", "survived", "timeout", "crashed", "other"))  # checked mutants
     return out
+
+
+def confirm_module(mod: Module) -> Module | None:
+    """The module narrowed to the survivors of its last run, in its own work folder `<name>.confirm`.
+
+    Run after adding tests for those survivors: a fresh folder from HEAD, mutmut on those mutants only.
+    (Mutant names stay valid while the mutated file is unchanged since that run.)
+    """
+    t = tally(mod)
+    keys = [k for k in (t or {}).get("survivors", []) if " " not in k]
+    if not keys:
+        return None
+    prefix = _mutant_prefix(mod)
+    return replace(mod, name=f"{mod.name}.confirm", functions=[k[len(prefix):] for k in keys])
 
 
 def report(mods: list[Module], show: bool) -> None:
@@ -244,12 +260,19 @@ def main() -> int:
     ap.add_argument("--recheck", type=float, default=900.0, metavar="SECONDS",
                     help="re-run each reported timeout alone with this limit (0: keep mutmut's verdict)")
     ap.add_argument("--recheck-only", action="store_true", help="only re-run the timeouts of finished work folders")
+    ap.add_argument("--confirm", action="store_true",
+                    help="run only the survivors of each module's last run again, from HEAD (in mutants/<name>.confirm)")
     args = ap.parse_args()
     known = {m.name: m for m in MODULES}
     unknown = [n for n in args.modules if n not in known]
     if unknown:
         ap.error(f"unknown module(s) {', '.join(unknown)}; known: {', '.join(known)}")
     mods = [known[n] for n in args.modules] if args.modules else MODULES
+    if args.confirm:
+        mods = [c for c in (confirm_module(m) for m in mods) if c is not None]
+    elif args.report:  # with the confirmation runs that exist
+        mods = [x for m in mods for x in (m, replace(m, name=f"{m.name}.confirm")) if (WORK / x.name).exists()
+                or x is m]
     rc = 0
     if not args.report and not args.recheck_only:
         for mod in mods:
