@@ -58,6 +58,7 @@ class JudgeServer:
                 if server.fail_half and fails(response):
                     self.send_response(500)
                     self.send_header("Content-Type", "application/json")
+                    self.send_header("Retry-After", "0")  # retried at once: no backoff sleeps in the tests
                     self.end_headers()
                     self.wfile.write(b'{"error": "judge overloaded"}')
                     return
