@@ -245,3 +245,34 @@ def test_a_probe_at_boost_one_steers_by_the_row_itself(smollm2, row):
     steered = smollm2.generate(prompt, greedy, 0).text
     smollm2.clear()
     assert judge.calls[0][1] == steered != smollm2.generate(prompt, greedy, 0).text
+
+
+def test_each_step_and_the_start_are_reported(smollm2, row):
+    s = _settings(n_steps=3)
+    seen, started = [], []
+    out = calibrate_latent(smollm2, ScriptedJudge(SCRIPT), row, LAYER, LABEL, PROMPTS, s, seed=11,
+                           on_step=seen.append, on_start=lambda: started.append(len(seen)))
+    assert started == [0]  # once, before the first step
+    assert [(st.boost, st.score) for st in seen] == [(st["boost"], st["score"]) for st in out.steps]
+    assert len(seen) == 3
+
+
+def test_each_sample_draws_its_prompt_then_its_seed_from_the_calibration_seed(smollm2, row):
+    # Reproducible from the calibration's seed alone: random.Random(seed) picks the prompt, then a seed
+    # in [0, 10^6] for the generation (the cache relies on it: same key, same procedure, same result).
+    import random
+
+    s = _settings(n_steps=1, temperature=0.9, max_tokens=6)
+    judge = ScriptedJudge(SCRIPT)
+    calibrate_latent(smollm2, judge, row, LAYER, LABEL, PROMPTS, s, seed=123)
+    rng = random.Random(123)
+    prompt = rng.choice(PROMPTS)
+    gen_seed = rng.randint(0, 1_000_000)
+    first_boost = _expected(s, [SCRIPT[0][0] / 100]).steps[0].boost
+    smollm2.set_directions({LAYER: row * np.float32(first_boost)})
+    sp = SamplingParams(temperature=0.9, max_tokens=6)
+    expected = smollm2.generate(prompt, sp, gen_seed).text
+    others = {smollm2.generate(prompt, sp, gen_seed + d).text for d in (1, 2)}
+    smollm2.clear()
+    assert judge.calls[0][:2] == (prompt, expected)
+    assert expected not in others  # the seed itself matters at this temperature
