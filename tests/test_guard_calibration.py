@@ -276,3 +276,16 @@ def test_each_sample_draws_its_prompt_then_its_seed_from_the_calibration_seed(sm
     smollm2.clear()
     assert judge.calls[0][:2] == (prompt, expected)
     assert expected not in others  # the seed itself matters at this temperature
+
+
+def test_the_target_and_update_weight_reach_the_bisection(smollm2, row):
+    firsts = [f / 100 for f, _, _ in SCRIPT]
+    for change in ({"target": 0.5}, {"update_weight": 2.0}):
+        s = _settings(**change)
+        out = calibrate_latent(smollm2, ScriptedJudge(SCRIPT), row, LAYER, LABEL, PROMPTS, s, seed=11)
+        expected = _expected(s, firsts[: s.n_steps])
+        assert [st["boost"] for st in out.steps] == [st.boost for st in expected.steps], change
+        assert [st["confidence"] for st in out.steps] == [st.confidence for st in expected.steps], change
+        # With the defaults the steps would differ: the check discriminates.
+        default = _expected(_settings(), firsts[: s.n_steps])
+        assert [st.confidence for st in default.steps] != [st.confidence for st in expected.steps], change
