@@ -59,6 +59,8 @@ def test_a_live_holder_here_refuses_and_a_dead_or_reused_pid_loses_the_lease(tmp
     assert len(lines) == 1 and lines[0].startswith(f"Error: run {run_id} is being executed by process {sleeper.pid} "
                                                    "on this machine, which still runs"), r.output
     assert f"kill {sleeper.pid}" in lines[0]
+    with Store(db) as store, pytest.raises(LeaseLiveError, match="still runs"):
+        break_lease(store, run_id)  # the library refuses the same way
     assert _rows(db, "SELECT pid FROM run_leases") == [{"pid": sleeper.pid}]  # untouched
     assert _rows(db, "SELECT * FROM lease_breaks") == []
 
