@@ -147,6 +147,10 @@ def test_same_seed_same_calibration_and_a_cached_result_skips_the_judge(smollm2,
     first = calibrate_latent(smollm2, ScriptedJudge(SCRIPT), row, LAYER, LABEL, PROMPTS, s, seed=9,
                              store=store, cache_key=key)
     assert first.calibration_id is not None and not first.cached
+    stored = store.get_calibration(key)  # every field of the result is stored, the target included
+    assert (stored["boost"], stored["achieved_score"], stored["target"]) == (first.boost, first.achieved_score,
+                                                                             s.target)
+    assert stored["steps"] == first.steps
     untouched = ScriptedJudge([])
     again = calibrate_latent(smollm2, untouched, row, LAYER, LABEL, PROMPTS, s, seed=9, store=store, cache_key=key)
     assert again.cached and untouched.calls == []
