@@ -220,7 +220,7 @@ def confirm_module(mod: Module) -> Module | None:
     (Mutant names stay valid while the mutated file is unchanged since that run.)
     """
     t = tally(mod)
-    keys = [k for k in (t or {}).get("survivors", []) if " " not in k]
+    keys = [k.split(" ")[0] for k in (t or {}).get("survivors", [])]  # "other" ones (with their exit code) too
     if not keys:
         return None
     prefix = _mutant_prefix(mod)
