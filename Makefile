@@ -46,9 +46,11 @@ bench: $(STAMP)
 
 # Mutation testing of the protocol modules (slow; not in CI). MODULES="metrics parse" for a subset.
 # Results: a per-module table on stdout, to copy into MUTATION.md; work folders under mutants/.
+# One mutant at a time by default (the model-backed modules each load SmolLM2); MUTATE_CHILDREN=2 on free cores.
+MUTATE_CHILDREN ?= 1
 mutate: $(STAMP)
 	$(VENV)/bin/python -c "import mutmut" 2>/dev/null || $(VENV)/bin/python -m pip install --quiet -e ".[test,mutate]"
-	ESR_LOCAL_THREADS=1 $(VENV)/bin/python tools/mutate.py $(MODULES)
+	ESR_LOCAL_THREADS=1 $(VENV)/bin/python tools/mutate.py --max-children $(MUTATE_CHILDREN) $(MODULES)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
