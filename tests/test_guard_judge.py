@@ -120,3 +120,19 @@ def test_valid_json_with_raw_newlines_keeps_curly_quotes_inside_strings():
     # quotes into straight ones and break the string: the first, lenient parse must take it as it is.
     text = '{"attempts": [{"attempt_text": "he said \u201chi\u201d\nthen left", "score": 5}]}'
     assert _pairs(text) == [("he said \u201chi\u201d\nthen left", 5.0)]
+
+
+def test_a_reply_nested_thousands_deep_names_the_fault():
+    deep = '{"attempts": [' + "[" * 5000 + "]" * 5000 + "]}"  # json.loads recurses too deep on it
+    with pytest.raises(JudgeParseError, match=r"^no JSON object with an 'attempts' list in the judge reply "
+                                              r"\(found: JSON nested too deeply\)$"):
+        parse_judge_output(deep)
+
+
+@pytest.mark.parametrize("value", [10**400, int(1e300), -int(1e300)])
+def test_a_huge_integer_score_is_outside_0_100_shown_cut_to_20_characters(value):
+    # Integers at or beyond +-1e300 (the exact value of the float 1e300 included) stop before math.isfinite,
+    # which raises OverflowError past the float range.
+    shown = str(value)[:20]
+    with pytest.raises(JudgeParseError, match=rf"^attempt 1: score {shown}\.\.\. is outside 0-100$"):
+        parse_judge_output(json.dumps({"attempts": [{"attempt_text": "a", "score": value}]}))
