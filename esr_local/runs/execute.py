@@ -40,6 +40,10 @@ class RunBusyError(UserInputError):
     """Another live process is executing this run."""
 
 
+class LeaseLostError(EsrError):
+    """This process's lease was broken (`--break-lease`) while it executed the run: it stops writing."""
+
+
 @dataclass
 class Progress:
     """Running counts for the progress line."""
@@ -105,7 +109,9 @@ def execute_run(store, run_id: str, *, judge=None, echo: Callable[[str], None] |
                              system_info=system_info(), machine=machine())
         store.set_run_status(run_id, "started")
         try:
-            summary = _Execution(store, run_id, spec, judge, echo, progress, judge_gpu_layers).run()
+            summary = _Execution(store, run_id, spec, judge, echo, progress, judge_gpu_layers, me).run()
+        except LeaseLostError:
+            raise  # the run is the new holder's now: its status is not ours to set
         except KeyboardInterrupt:
             store.set_run_status(run_id, "cancelled", "interrupted (Ctrl-C); resume with --resume")
             raise
@@ -133,10 +139,22 @@ def _failure_line(s: dict) -> str:
 class _Execution:
     """One execution of a run: everything it needs, opened once."""
 
-    def __init__(self, store, run_id: str, spec: RunSpec, judge, echo, progress, judge_gpu_layers=None):
+    def __init__(self, store, run_id: str, spec: RunSpec, judge, echo, progress, judge_gpu_layers=None, me=None):
         self.store, self.run_id, self.spec, self.judge = store, run_id, spec, judge
         self.echo, self.progress = echo, progress
         self.judge_gpu_layers = judge_gpu_layers
+        self.me = me  # this process's lease (pid, host): checked in every write transaction
+
+    def _check_lease(self) -> None:
+        """Inside a write transaction: stop if another process broke this one's lease (`--break-lease`), so two
+        processes never execute one run."""
+        if self.me is None:
+            return
+        held = self.store.lease(self.run_id)
+        if held is None or (held["pid"], held["host"]) != (self.me["pid"], self.me["host"]):
+            who = f"process {held['pid']} on {held['host']}" if held else "no process"
+            raise LeaseLostError(f"run {self.run_id} was taken over (its lease now names {who}, see lease_breaks); "
+                                 "this process stopped without writing its last batch, which the new holder runs")
 
     def run(self) -> dict:
         spec = self.spec
@@ -231,7 +249,9 @@ class _Execution:
             self.echo(f"{len(todo)} failed judgment(s) will be judged again (responses kept)")
         for t in todo:
             rec, attempts = judgment_record(self.judge, self.spec.judge, t["prompt"], t["response"], labels[t["latent"]])
-            self.store.record_judgment(t["id"], rec, attempts)
+            with self.store.transaction():
+                self._check_lease()
+                self.store.record_judgment(t["id"], rec, attempts)
         return len(todo)
 
     def _run_group(self, lm: SteeredModel, group: list[TrialSpec], todo: list[TrialSpec], labels, prog: Progress,
@@ -278,6 +298,7 @@ class _Execution:
         records = [(trial, rec, attempts) for trial, (rec, attempts) in zip(trials, judged)]
         try:
             with self.store.transaction():
+                self._check_lease()
                 for trial, rec, attempts in records:
                     self.store.record_trial(trial, rec, attempts)
         except DuplicateTrialError:
