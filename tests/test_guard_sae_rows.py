@@ -106,3 +106,14 @@ def test_block_size_one_is_allowed(sae):
     h = np.random.default_rng(2).standard_normal((2, D_MODEL))
     blocks = list(sae.encode_blocks(h, block_size=1))
     assert [start for start, _ in blocks] == list(range(D_SAE)) and all(a.shape == (2, 1) for _, a in blocks)
+
+
+def test_float32_residuals_are_encoded_in_float64_like_float64_ones(sae):
+    # encode() reads its input as float64 before the matrix products; a float32 input must give exactly
+    # the activations of the same values given as float64 (a float32 product would differ in the last bits).
+    h32 = (np.random.default_rng(5).standard_normal((64, D_MODEL)) * 1e3).astype(np.float32)
+    every = list(range(D_SAE))
+    assert np.array_equal(sae.encode(h32, every), sae.encode(h32.astype(np.float64), every))
+    blocks32 = np.concatenate([a for _, a in sae.encode_blocks(h32, block_size=2)], axis=1)
+    blocks64 = np.concatenate([a for _, a in sae.encode_blocks(h32.astype(np.float64), block_size=2)], axis=1)
+    assert np.array_equal(blocks32, blocks64)
