@@ -40,15 +40,21 @@ def _print_table(tr, computed: bool) -> None:
 @click.option("--detector-set", "detector_set", default=None,
               help="Trace the latents of this stored detector set (esr-local detectors find) instead of --latents.")
 @click.option("--unsteered", is_flag=True, help="Teacher-force without the trial's steering vector.")
-@click.option("--recompute", is_flag=True, help="Compute again and replace a stored trace.")
+@click.option("--recompute", is_flag=True,
+              help="Compute again and replace stored traces. With --run it prints its start time: an interrupted "
+                   "recompute resumes (keeping the traces it already replaced) with --recompute-before THAT_TIME.")
+@click.option("--recompute-before", "recompute_before", default=None, metavar="UTC",
+              help="With --run: replace only the traces stored before this time (resumes an interrupted --recompute).")
 @click.option("--json", "as_json", is_flag=True, help="Print the stored trace(s) as JSON.")
 @click.option("--csv", "as_csv", is_flag=True,
               help="Print CSV: one row per token (a trial), or one per token and latent (--run).")
 @db_option
-def trace_cmd(trial, run_id, limit, latents, detector_set, unsteered, recompute, as_json, as_csv, db):
+def trace_cmd(trial, run_id, limit, latents, detector_set, unsteered, recompute, recompute_before, as_json, as_csv,
+              db):
     """Teacher-force a trial's response (or every judged trial of a run), store each token's activations
     with attempts and regions marked (tables traces, trace_values; view trace_region_stats), print them."""
-    from esr_local.trace_store import get_trace, trace_run
+    from esr_local.store_values import utc_now
+    from esr_local.trace_store import get_trace, parse_recompute_before, trace_run
     from esr_local.traces import long_csv
 
     if as_json and as_csv:
@@ -57,6 +63,13 @@ def trace_cmd(trial, run_id, limit, latents, detector_set, unsteered, recompute,
         raise click.UsageError("give a TRIAL id or --run RUN (one of them)")
     if limit is not None and run_id is None:
         raise click.UsageError("--limit goes with --run")
+    if recompute_before is not None and (run_id is None or recompute):
+        raise click.UsageError("--recompute-before goes with --run, without --recompute")
+    before = parse_recompute_before(recompute_before) if recompute_before is not None else None
+    if recompute and run_id is not None:
+        before = utc_now()
+        click.echo(f"recomputing the traces stored before {before}; if interrupted, resume with "
+                   f"--recompute-before {before}", err=True)
     ids = _latents(latents)
     with open_store(db, create=False) as store:
         if trial is not None:
@@ -72,7 +85,7 @@ def trace_cmd(trial, run_id, limit, latents, detector_set, unsteered, recompute,
         def progress(r) -> None:
             click.echo(f"{'traced' if r.computed else 'stored'}\t{r.trace.trace_id}\t{r.trace.trial_id}", err=True)
 
-        results = trace_run(store, run_id, ids, steered=not unsteered, limit=limit, recompute=recompute,
+        results = trace_run(store, run_id, ids, steered=not unsteered, limit=limit, recompute_before=before,
                             detector_set=detector_set, progress=progress)
     computed = sum(r.computed for r in results)
     if as_json:

@@ -66,3 +66,6 @@ def m015_lease_breaks(db: Database) -> None:
         """
     )
     db.execute("CREATE INDEX lease_breaks_run_id ON lease_breaks(run_id)")
+
+
+from . import store_migrations_traces  # noqa: E402,F401  m016 (trace regions located), registered after m015

@@ -602,5 +602,8 @@ def m012_detector_sets(db: Database) -> None:
     )
 
 
-# Later steps live in their own modules and register themselves on MIGRATIONS, in this order.
-from . import store_schema_traces  # noqa: E402,F401  m013_traces
+# Later steps live in their own modules and register themselves on MIGRATIONS, in this order. Each imports the
+# next at its end (store_schema_traces -> store_migrations -> store_migrations_traces), so importing any one of
+# them, or this module, registers all of them in order (importing them all here would register m014 before m013
+# when store_schema_traces is imported first).
+from . import store_schema_traces  # noqa: E402,F401  m013_traces, then m014-m016

@@ -4,7 +4,8 @@
 numbers in long format, one row per (trace, latent, response token), so sqlite-utils and Datasette
 users can filter and aggregate them directly; the view `trace_region_stats` gives per-trace, per-latent
 mean and max activation over the paper's regions (esr_local/trace_regions.py says how they are cut).
-Registered on store_schema.MIGRATIONS after m012 (store_schema imports this module last).
+Registered on store_schema.MIGRATIONS after m012 (store_schema imports this module last; it imports the
+next steps, store_migrations, at its end).
 """
 
 from __future__ import annotations
@@ -91,3 +92,6 @@ def m013_traces(db: Database) -> None:
         GROUP BY t.id, v.latent
         """
     )
+
+
+from . import store_migrations  # noqa: E402,F401  m014, m015 (then m016): registered after m013

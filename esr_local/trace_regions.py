@@ -12,8 +12,12 @@ the response:
   failing that, the nearest raw restart phrase. Both must lie within `CORRECTION_WINDOW` characters.
   The cut is the restart's own span, wherever exactly the judge's attempt 1 begins near it (a judge may
   quote the restart phrase in attempt 0, in attempt 1 or in neither). With no restart language near the
-  boundary the correction is empty and on-topic starts where attempt 1 does; when attempt 1's text is not
-  found in the response, attempt 0's tokens are off-topic and the rest on-topic.
+  boundary the correction is empty and on-topic starts where attempt 1 does. Attempt texts are matched
+  ignoring whitespace differences. When attempt 1's text is not found in the response, the cut is the
+  restart finder's: the restart nearest to where attempt 0 ends (when attempt 0 is found), else the first
+  restart-split attempt's restart language, else the first raw restart phrase. When none of these exists
+  the regions are not located: every token's region is None and `located` is False (the stored trace
+  records "regions not located" and is never a paper episode).
 - a single-attempt response: every token `single` (the paper's baseline episodes);
 - no judged attempts (not judged, or the judgment failed): no region (None).
 
@@ -23,14 +27,22 @@ starts at the response's first token, so any on-topic opening before the drift c
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .judge.restarts import find_attempts, find_restarts
+from .judge.restarts import find_attempts, find_restarts, patterns_sha256
 
 REGIONS = ("off_topic", "correction", "on_topic", "single")
 # How far (characters) the restart language may sit from where the judge's attempt 1 begins.
 CORRECTION_WINDOW = 200
+NOT_LOCATED = "regions not located"
+
+
+def region_rule() -> dict:
+    """What the cuts depend on besides the judgment (recorded with each trace; a change re-traces)."""
+    return {"module": "esr_local.trace_regions", "correction_window": CORRECTION_WINDOW,
+            "restart_patterns_sha256": patterns_sha256()}
 
 
 @dataclass
@@ -42,17 +54,25 @@ class Regions:
     spans: list[tuple[int, int, int]] = field(default_factory=list)  # (start, end, attempt) found in the response
     correction_start: int | None = None
     on_topic_start: int | None = None
+    located: bool = True  # False: a multi-attempt response whose cuts could not be found (regions all None)
+
+
+def _pattern(text: str) -> re.Pattern | None:
+    """`text` as a pattern that matches it whatever the whitespace between its words (None: blank)."""
+    words = text.split()
+    return re.compile(r"\s+".join(map(re.escape, words))) if words else None
 
 
 def attempt_spans(response: str, attempts: Sequence[str]) -> list[tuple[int, int, int]]:
-    """(start, end, index) of each attempt text found, in order, in `response` (stripped of outer space)."""
+    """(start, end, index) of each attempt text found, in order, in `response`; whitespace differences
+    (runs of spaces, newlines, outer space) do not matter."""
     spans, cursor = [], 0
     for k, text in enumerate(attempts):
-        t = (text or "").strip()
-        at = response.find(t, cursor) if t else -1
-        if at >= 0:
-            spans.append((at, at + len(t), k))
-            cursor = at + len(t)
+        pat = _pattern(text or "")
+        m = pat.search(response, cursor) if pat is not None else None
+        if m is not None:
+            spans.append((m.start(), m.end(), k))
+            cursor = m.end()
     return spans
 
 
@@ -107,12 +127,24 @@ def mark_regions(pieces: Sequence[str] | Sequence[bytes], response: str, attempt
     if n == 1:
         return Regions(["single"] * len(starts), 1, spans)
     first = {k: (a, b) for a, b, k in spans}
-    if 1 not in first:
-        # attempt 1 not found in the text: attempt 0's tokens are off-topic, everything after it on-topic
-        end0 = first[0][1] if 0 in first else 0
-        return Regions(["off_topic" if s < end0 else "on_topic" for s in starts], n, spans)
-    s1 = first[1][0]
-    cut = correction_span(response, s1) or (s1, s1)
+    if 1 in first:
+        s1 = first[1][0]
+        cut = correction_span(response, s1) or (s1, s1)  # no restart language near: an empty correction
+    else:
+        cut = _restart_cut(response, first.get(0))
+    if cut is None:
+        return Regions([None] * len(starts), n, spans, located=False)
     c0, c1 = cut
     per = ["off_topic" if s < c0 else "correction" if s < c1 else "on_topic" for s in starts]
     return Regions(per, n, spans, c0, c1)
+
+
+def _restart_cut(response: str, attempt0: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The cut when the judge's attempt 1 is not in the response: from the restart finder alone."""
+    if attempt0 is not None:
+        return correction_span(response, attempt0[1])
+    split = [(a.start, a.body_start) for a in find_attempts(response)[1:] if a.body_start > a.start]
+    if split:
+        return split[0]
+    raw = find_restarts(response)
+    return (raw[0].start, raw[0].end) if raw else None

@@ -18,6 +18,8 @@ import numpy as np
 
 from .errors import UserInputError
 from .ids import new_id
+from .store_values import utc_now
+from .trace_regions import NOT_LOCATED
 from .traces import Trace, TraceRequest, compute_trace, find_trial, resolve_request
 
 
@@ -31,21 +33,25 @@ class TraceResult:
 
 def _stored_row(store, req: TraceRequest) -> dict | None:
     trial_id, latents_json, steered = req.key
-    rows = list(store.db.query("SELECT id, json_extract(settings_json, '$.judgment_sha256') AS judgment_sha256 "
+    rows = list(store.db.query("SELECT id, created_utc, json_extract(settings_json, '$.judgment_sha256') AS judgment_sha256, "
+                               "json_extract(settings_json, '$.region_rule') AS region_rule "
                                "FROM traces WHERE trial_id = ? AND latents_json = ? AND steered = ?",
                                (trial_id, latents_json, steered)))
     return rows[0] if rows else None
 
 
 def _is_current(row: dict | None, req: TraceRequest) -> bool:
-    return row is not None and row["judgment_sha256"] == req.judgment_sha256
+    """Stored, from the same judgment and under the same region rule (the marks depend on both)."""
+    from .trace_regions import region_rule
+
+    return (row is not None and row["judgment_sha256"] == req.judgment_sha256
+            and json.loads(row["region_rule"] or "null") == region_rule())
 
 
 def _settings(req: TraceRequest, trace: Trace, sae, model) -> dict:
     from .engine import system_info
-    from .judge.restarts import patterns_sha256
     from .provenance import machine, versions
-    from .trace_regions import CORRECTION_WINDOW
+    from .trace_regions import region_rule
 
     return {"judgment_sha256": req.judgment_sha256, "latent_source": req.latent_source,
             # the trace never applies a run's ablation (the readout's callback is the context's only one)
@@ -55,8 +61,7 @@ def _settings(req: TraceRequest, trace: Trace, sae, model) -> dict:
             "sae_hook_name": sae.info.hook_name, "d_sae": req.spec.sae.d_sae,
             "n_ctx": max(64, trace.prompt_tokens + len(trace.tokens)), "threads": model.n_threads,
             "chat_mode": req.spec.model.chat_mode, "chat_template": req.spec.model.chat_template,
-            "region_rule": {"module": "esr_local.trace_regions", "correction_window": CORRECTION_WINDOW,
-                            "restart_patterns_sha256": patterns_sha256()},
+            "region_rule": region_rule(),
             "versions": versions(), "llama_cpp_system_info": system_info(), "machine": machine()}
 
 
@@ -64,10 +69,9 @@ def save_trace(store, req: TraceRequest, trace: Trace, regions, sae, model) -> s
     """Write `trace` (replacing any stored trace of the same request) in one transaction; its id."""
     from . import __version__
     from .provenance import versions
-    from .store import utc_now
 
     spec, trial = req.spec, req.trial
-    scores = [a.get("score") for a in req.attempts]
+    scores = [a["score"] for a in req.attempts if a.get("score") is not None]  # as trial_outcomes counts them
     trace_id = new_id()
     row = {
         "id": trace_id, "trial_id": trial["id"], "run_id": trial["run_id"], "latents_json": req.key[1],
@@ -76,8 +80,9 @@ def save_trace(store, req: TraceRequest, trace: Trace, regions, sae, model) -> s
         "prompt_tokens": trace.prompt_tokens, "n_tokens": len(trace.tokens),
         "response_sha256": hashlib.sha256((trial["response"] or "").encode("utf-8")).hexdigest(),
         "judgment_id": (req.judgment or {}).get("id"), "judge_key": (req.judgment or {}).get("judge_key"),
-        "n_attempts": len(req.attempts), "first_score": scores[0] if scores else None,
-        "last_score": scores[-1] if scores else None,
+        "n_attempts": len(scores), "n_judged_attempts": len(req.attempts),
+        "first_score": scores[0] if scores else None, "last_score": scores[-1] if scores else None,
+        "regions_note": None if regions.located else NOT_LOCATED,
         "attempt_spans_json": json.dumps([list(s) for s in regions.spans]),
         "correction_start": regions.correction_start, "on_topic_start": regions.on_topic_start,
         "model_sha256": spec.model.sha256, "model_path": spec.model.path, "sae_source": spec.sae.source,
@@ -153,13 +158,29 @@ class _Resources:
             self.model = None
 
 
-def _get(store, req: TraceRequest, res: _Resources, recompute: bool) -> TraceResult:
+def _get(store, req: TraceRequest, res: _Resources, recompute_before: str | None) -> TraceResult:
+    """Read back a current stored trace (one created at or after `recompute_before`, when given);
+    otherwise compute and store it."""
     row = _stored_row(store, req)
-    if _is_current(row, req) and not recompute:
+    if _is_current(row, req) and (recompute_before is None or row["created_utc"] >= recompute_before):
         return TraceResult(load_trace(store, row["id"]), computed=False)
     model, sae, rows = res.get()
     trace, regions = compute_trace(req, model, sae, rows)
     return TraceResult(load_trace(store, save_trace(store, req, trace, regions, sae, model)), computed=True)
+
+
+def parse_recompute_before(value: str) -> str:
+    """`value` (an ISO-8601 UTC time, as `--recompute` prints it) in the stored `created_utc` form."""
+    import datetime as dt
+
+    try:
+        at = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise UserInputError(f"--recompute-before {value!r} is not an ISO-8601 time; give the time an interrupted "
+                             "--recompute printed, e.g. 2026-12-02T01:30:00.000+00:00") from None
+    if at.tzinfo is None:
+        raise UserInputError(f"--recompute-before {value!r} has no time zone; add +00:00 (UTC)")
+    return at.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def get_trace(store, trial_id: str, latents: Sequence[int], *, steered: bool = True, recompute: bool = False,
@@ -169,16 +190,19 @@ def get_trace(store, trial_id: str, latents: Sequence[int], *, steered: bool = T
     req = resolve_request(store, find_trial(store, trial_id), latents, steered=steered, detector_set=detector_set)
     res = _Resources(req.spec, model)
     try:
-        return _get(store, req, res, recompute)
+        return _get(store, req, res, utc_now() if recompute else None)
     finally:
         res.close()
 
 
 def trace_run(store, run_id: str, latents: Sequence[int], *, steered: bool = True, limit: int | None = None,
-              recompute: bool = False, model=None, detector_set: str | None = None,
+              recompute: bool = False, recompute_before: str | None = None, model=None,
+              detector_set: str | None = None,
               progress: Callable[[TraceResult], None] | None = None) -> list[TraceResult]:
     """Trace the first `limit` judged trials of a run (all by default), in the run's trial order; stored
-    traces are read back, so an interrupted call resumes where it stopped."""
+    traces are read back, so an interrupted call resumes where it stopped. `recompute_before` (a
+    `created_utc` time) replaces the traces stored before it and keeps later ones, so an interrupted
+    recompute resumes when given its start time again; `recompute` means "before now"."""
     from .runs.execute import load_spec
 
     if limit is not None and limit < 1:
@@ -192,11 +216,13 @@ def trace_run(store, run_id: str, latents: Sequence[int], *, steered: bool = Tru
     spec = load_spec(run)
     reqs = [resolve_request(store, t, latents, steered=steered, spec=spec, judged=t, detector_set=detector_set)
             for t in judged[:limit]]
+    if recompute and recompute_before is None:
+        recompute_before = utc_now()
     res = _Resources(spec, model)
     out = []
     try:
         for req in reqs:
-            out.append(_get(store, req, res, recompute))
+            out.append(_get(store, req, res, recompute_before))
             if progress is not None:
                 progress(out[-1])
     finally:

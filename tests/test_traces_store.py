@@ -276,3 +276,89 @@ def test_a_detector_set_gives_the_latents(run_db):
     assert "holds no latents" in _error(["trace", multi, "--detector-set", "empty"], db)
     assert "not both" in _error(["trace", multi, "--detector-set", "dets", "--latents", "1"], db)
     assert "no detector set named 'nope'" in _error(["trace", "--run", src, "--detector-set", "nope"], db)
+
+
+def _record(db, src, index, response, attempts):
+    with Store(db, create=False) as store:
+        return store.record_trial(
+            {"run_id": src, "condition": "steered", "latent": A, "prompt_index": index, "replicate": 0, "seed": 1,
+             "prompt": "Explain how to fold a paper plane.", "response": response, "boost": 4.0},
+            {"judge_key": store.run_judge_key(src), "judge_backend": "offline", "judge_model": "hand",
+             "parse_status": "ok"}, attempts)
+
+
+def _outcome(db, trial):
+    return _q(db, "SELECT n_scored_attempts, is_multi_attempt, is_improved FROM trial_outcomes WHERE trial_id = ?",
+              (trial,))[0]
+
+
+def test_a_null_score_attempt_is_left_out_as_trial_outcomes_does(run_db, smollm2):
+    """Attempts scored [None, 10, 80]: two scored attempts, improved, in the trace row and the view alike."""
+    db, src, _ = run_db
+    trial = _record(db, src, 91, RESP, [{"text": "Octopuses have three hearts", "score": None},
+                                        {"text": "and blue blood.", "score": 10.0}, {"text": SECOND, "score": 80.0}])
+    with Store(db, create=False) as store:
+        tr = get_trace(store, trial, [A], steered=False, model=smollm2).trace
+    assert _outcome(db, trial) == (2, 1, 1)
+    assert _q(db, "SELECT n_attempts, n_judged_attempts, first_score, last_score, regions_note FROM traces "
+                  "WHERE id = ?", (tr.trace_id,)) == [(2, 3, 10.0, 80.0, None)]
+    assert _q(db, "SELECT n_attempts, first_score, last_score, paper_episode FROM trace_region_stats "
+                  "WHERE trace_id = ?", (tr.trace_id,)) == [(2, 10.0, 80.0, 1)]
+
+
+def test_regions_not_located_are_recorded_and_never_a_paper_episode(run_db, smollm2):
+    db, src, _ = run_db
+    trial = _record(db, src, 92, "Bees make honey in hives. Fold the paper in half.",
+                    [{"text": "a paraphrase of the bees", "score": 10.0}, {"text": "folding, paraphrased", "score": 80.0}])
+    with Store(db, create=False) as store:
+        tr = get_trace(store, trial, [A], steered=False, model=smollm2).trace
+    assert _outcome(db, trial) == (2, 1, 1)  # improved by the metrics' rule, but its regions are unknown
+    assert tr.region == [None] * len(tr.tokens)
+    assert _q(db, "SELECT regions_note, correction_start, on_topic_start FROM traces WHERE id = ?",
+              (tr.trace_id,)) == [("regions not located", None, None)]
+    assert _q(db, "SELECT regions_note, paper_episode, off_topic_tokens + correction_tokens + on_topic_tokens "
+                  "FROM trace_region_stats WHERE trace_id = ?", (tr.trace_id,)) == [("regions not located", 0, 0)]
+
+
+def test_a_changed_region_rule_traces_again(run_db, smollm2, monkeypatch):
+    import esr_local.trace_regions as trace_regions
+
+    db, src, multi = run_db
+    with Store(db, create=False) as store:
+        get_trace(store, multi, [B], steered=False, model=smollm2)
+        assert not get_trace(store, multi, [B], steered=False, model=smollm2).computed
+        monkeypatch.setattr(trace_regions, "CORRECTION_WINDOW", 10)  # the restart at 44 is 1 char from attempt 1
+        narrow = get_trace(store, multi, [B], steered=False, model=smollm2)
+        assert narrow.computed and not get_trace(store, multi, [B], steered=False, model=smollm2).computed
+        (settings,) = _q(db, "SELECT settings_json FROM traces WHERE id = ?", (narrow.trace.trace_id,))[0]
+        assert json.loads(settings)["region_rule"]["correction_window"] == 10
+        monkeypatch.setattr(trace_regions, "patterns_sha256", lambda: "0" * 64)
+        assert get_trace(store, multi, [B], steered=False, model=smollm2).computed
+        monkeypatch.undo()
+        assert get_trace(store, multi, [B], steered=False, model=smollm2).computed
+
+
+def test_an_interrupted_recompute_resumes_with_its_start_time(run_db, smollm2):
+    from esr_local.store_values import utc_now
+    from esr_local.trace_store import trace_run
+
+    db, src, _ = run_db
+    with Store(db, create=False) as store:
+        ids = [r.trace.trace_id for r in trace_run(store, src, [A, B], steered=False, limit=4, model=smollm2)]
+        start = utc_now()
+        part = trace_run(store, src, [A, B], steered=False, limit=2, recompute_before=start, model=smollm2)
+        assert [r.computed for r in part] == [True, True]
+        rest = trace_run(store, src, [A, B], steered=False, limit=4, recompute_before=start, model=smollm2)
+        assert [r.computed for r in rest] == [False, False, True, True]
+        assert [r.trace.trace_id for r in rest[:2]] == [r.trace.trace_id for r in part]
+        assert not {r.trace.trace_id for r in rest} & set(ids)
+    cli = CliRunner().invoke(main, ["trace", "--run", src, "--latents", f"{A},{B}", "--unsteered", "--limit", "4",
+                                    "--recompute-before", start, "--db", str(db)])
+    assert cli.exit_code == 0 and "4 traces of run " + src + ": 0 computed, 4 already stored" in cli.output
+    assert "not an ISO-8601 time" in _error(["trace", "--run", src, "--recompute-before", "yesterday"], db)
+    assert "without --recompute" in _error(["trace", "--run", src, "--recompute", "--recompute-before", start], db)
+    assert "goes with --run" in _error(["trace", multi_id(db, src), "--recompute-before", start], db)
+
+
+def multi_id(db, src):
+    return _q(db, "SELECT id FROM trials WHERE run_id = ? AND prompt_index = 90", (src,))[0][0]
