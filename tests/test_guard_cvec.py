@@ -39,11 +39,45 @@ def context(smollm2):
     llama_cpp.llama_free(ctx)
 
 
-def test_llama_cpp_accepts_the_full_buffer_and_a_clear(smollm2, context):
+def _last_logits(reader, n_vocab: int) -> np.ndarray:
+    return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(reader._ctx, -1), shape=(n_vocab,)).copy()
+
+
+def test_llama_cpp_accepts_the_full_buffer_and_a_clear(smollm2):
+    """A vector on layer 1 moves l_out-1 by exactly itself; one on the last layer (whose residual is not
+    readable) moves the last token's logits; a clear (None, then {}) gives the base back bit for bit."""
+    from esr_local.readout import ResidualReader
+
     n_layer, n_embd = smollm2.n_layer, smollm2.n_embd
-    apply_to_context(context, {1: np.ones(n_embd), n_layer - 1: np.ones(n_embd)}, n_layer, n_embd)
-    apply_to_context(context, None, n_layer, n_embd)
-    apply_to_context(context, {}, n_layer, n_embd)
+    n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(smollm2.llm.model))
+    rng = np.random.default_rng(0)
+    v1, v_last = rng.normal(size=n_embd).astype(np.float32), rng.normal(size=n_embd).astype(np.float32)
+    tokens = smollm2.tokenize("The cat sat on the mat.")
+    layers = [1, n_layer - 2]
+    with ResidualReader(smollm2.llm, n_ctx=64, n_threads=1) as reader:
+        def read():
+            return reader.read(tokens, layers), _last_logits(reader, n_vocab)
+
+        base, base_logits = read()
+        # set on the reader's own context directly: read(..., None) leaves a vector it did not set in place
+        apply_to_context(reader._ctx, {1: v1, n_layer - 1: v_last}, n_layer, n_embd)
+        steered, _ = read()
+        apply_to_context(reader._ctx, {n_layer - 1: 4 * v_last}, n_layer, n_embd)
+        last_only, last_logits = read()
+        apply_to_context(reader._ctx, None, n_layer, n_embd)
+        cleared = read()
+        apply_to_context(reader._ctx, {1: v1}, n_layer, n_embd)
+        apply_to_context(reader._ctx, {}, n_layer, n_embd)
+        cleared_empty = read()
+    np.testing.assert_allclose(steered[1] - base[1], np.broadcast_to(v1, base[1].shape), atol=1e-4)
+    assert np.abs(steered[n_layer - 2] - base[n_layer - 2]).max() > 0.1  # carried on through the blocks
+    for layer in layers:  # the last layer's vector leaves every earlier residual alone ...
+        np.testing.assert_array_equal(last_only[layer], base[layer])
+    assert np.abs(last_logits - base_logits).max() > 0.1  # ... and moves the logits
+    for acts, logits in (cleared, cleared_empty):
+        np.testing.assert_array_equal(logits, base_logits)
+        for layer in layers:
+            np.testing.assert_array_equal(acts[layer], base[layer])
 
 
 def test_a_width_llama_cpp_rejects_is_a_backend_error_naming_the_width(smollm2, context):
