@@ -13,6 +13,7 @@ timeout is then run again alone in a fresh pytest process (`recheck_timeouts`), 
     .venv/bin/python tools/mutate.py metrics parse   # some of them
     .venv/bin/python tools/mutate.py --report        # tally finished work folders again, run nothing
     .venv/bin/python tools/mutate.py --recheck-only sampling   # re-run a finished folder's timeouts only
+    .venv/bin/python tools/mutate.py --confirm sampling        # after new tests: only the survivors, from HEAD
 """
 
 from __future__ import annotations
