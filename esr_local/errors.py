@@ -28,3 +28,7 @@ class BackendError(EsrError):
 
 class JudgeParseError(EsrError):
     """A judge reply could not be parsed into attempts."""
+
+
+class LeaseLiveError(UserInputError):
+    """The lease to break belongs to a process that still runs on this host."""

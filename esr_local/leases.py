@@ -9,7 +9,7 @@ import os
 import socket
 from typing import TYPE_CHECKING, Any
 
-from .errors import UserInputError
+from .errors import LeaseLiveError
 
 if TYPE_CHECKING:
     from .store import Store
@@ -47,10 +47,6 @@ def holder_alive(holder: dict[str, Any]) -> bool:
     if now is None:
         return not os.path.exists(f"/proc/{pid}")  # no /proc: trust kill(); a zombie: finished
     return start is None or now == start  # a reused pid has another start time
-
-
-class LeaseLiveError(UserInputError):
-    """The lease to break belongs to a process that still runs on this host."""
 
 
 def breaker() -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """A database file a failed command created must not stay behind: `store_kept_only_with_a_run` opens the
-store and, when the block fails before any run is stored in a file it created, closes it and removes the
+store and, when the block fails before any row is stored in a file it created, closes it and removes the
 file, its `-wal`/`-shm`/`-journal` companions and the folders made for it."""
 
 from __future__ import annotations
@@ -24,19 +24,25 @@ def _missing_folders(path: Path) -> list[Path]:
     return missing
 
 
-def _holds_a_run(store: Store) -> bool:
+def _holds_data(store: Store) -> bool:
+    """Whether any table holds a row (the migrations' own bookkeeping aside): another command may have
+    stored something (a detector set, a latent set, ...) in the new file meanwhile, which must not go."""
     try:
-        return store.db.execute("SELECT EXISTS (SELECT 1 FROM runs)").fetchone()[0] == 1
-    except sqlite3.Error:  # no runs table: nothing worth keeping
-        return False
+        tables = [r[0] for r in store.db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
+            "AND name != '_sqlite_migrations'")]
+        return any(store.db.execute(f'SELECT EXISTS (SELECT 1 FROM "{t}")').fetchone()[0] for t in tables)
+    except sqlite3.Error:  # unreadable: keep it rather than remove something we cannot see into
+        return True
 
 
 @contextlib.contextmanager
 def store_kept_only_with_a_run(path: str | Path) -> Iterator[Store]:
     """Open (creating it if needed) the store at `path` for a command that stores a run.
 
-    If the block raises while the file, created by this call, holds no run, the store is closed and
-    everything this call created is removed; the exception propagates. On success the store stays open:
+    If the block raises while the file, created by this call, holds no row in any table (no run, nor
+    anything another command stored in it meanwhile), the store is closed and everything this call created
+    is removed; the exception propagates. On success the store stays open:
     the caller closes it. An existing database is never removed."""
     path = Path(path).expanduser()
     created = not path.exists()
@@ -50,7 +56,7 @@ def store_kept_only_with_a_run(path: str | Path) -> Iterator[Store]:
     try:
         yield store
     except BaseException:
-        if created and not _holds_a_run(store):
+        if created and not _holds_data(store):
             store.close()
             _remove(path, folders)
         raise

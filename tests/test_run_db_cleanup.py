@@ -77,3 +77,23 @@ def test_the_guard_keeps_a_new_file_once_a_run_is_stored(tmp_path):
         assert store.list_runs() == []
     store.close()
     assert other.is_file()
+
+
+def test_the_guard_keeps_a_new_file_another_command_stored_something_in(tmp_path):
+    """The file did not exist when this command began, but another command (here: a second connection)
+    stored a row in it before this one failed: the file holds someone's data and stays."""
+    db = tmp_path / "esr.db"
+    with pytest.raises(RuntimeError), store_kept_only_with_a_run(db):
+        con = sqlite3.connect(db)
+        with con:
+            con.execute("CREATE TABLE notes (text TEXT)")
+            con.execute("INSERT INTO notes VALUES ('kept')")
+        con.close()
+        raise RuntimeError("this command fails before storing a run")
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT text FROM notes").fetchall() == [("kept",)]
+    con.close()
+    gone = tmp_path / "gone.db"
+    with pytest.raises(RuntimeError), store_kept_only_with_a_run(gone):  # a fresh schema alone is nothing to keep
+        raise RuntimeError("fails at once")
+    assert not gone.exists()
