@@ -1,10 +1,11 @@
 """Stored traces: compute once, read back on an identical request, trace a whole run resumably.
 
 A trace is identified by (trial, latents in the order given, steered). An identical request reads the
-stored trace; `recompute=True` replaces it; so does a request whose trial has been re-judged since (the
-attempt and region marks come from the judgment). Each trace is written in one transaction (the
+stored trace; `recompute=True` replaces it; so does a request whose trial has been re-judged since, or
+whose region rule (trace_regions.region_rule) changed (the attempt and region marks come from both). A run's
+recompute replaces only traces stored before a given time, so it resumes. Each trace is written in one transaction (the
 `traces` row and all its `trace_values`), so a trace killed or failing midway leaves nothing behind.
-Tables and view: store_schema_traces (m013).
+Tables and view: store_schema_traces (m013), store_migrations_traces (m016).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ class TraceResult:
 
 def _stored_row(store, req: TraceRequest) -> dict | None:
     trial_id, latents_json, steered = req.key
-    rows = list(store.db.query("SELECT id, created_utc, json_extract(settings_json, '$.judgment_sha256') AS judgment_sha256, "
+    rows = list(store.db.query("SELECT id, created_utc, "
+                               "json_extract(settings_json, '$.judgment_sha256') AS judgment_sha256, "
                                "json_extract(settings_json, '$.region_rule') AS region_rule "
                                "FROM traces WHERE trial_id = ? AND latents_json = ? AND steered = ?",
                                (trial_id, latents_json, steered)))
