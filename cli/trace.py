@@ -22,6 +22,8 @@ def _print_table(tr, computed: bool) -> None:
     how = "computed and stored" if computed else "read back from the store"
     click.echo(f"# trace {tr.trace_id} ({how}): trial {tr.trial_id} layer {tr.layer} "
                f"{'steered x%g' % tr.boost if tr.steered else 'unsteered'}")
+    if tr.regions_note:
+        click.echo(f"# {tr.regions_note}: the judge's attempts and the restart finder give no cut (regions '-')")
     click.echo("pos\tattempt\tregion\t" + "\t".join(f"L{j}" for j in tr.latents) + "\tpiece")
     last = None
     for r in tr.records():

@@ -130,7 +130,7 @@ def load_trace(store, trace_id: str) -> Trace:
                              "trace it again with --recompute")
     return Trace(trial_id=t["trial_id"], latents=latents, layer=t["layer"], steered=bool(t["steered"]),
                  boost=t["boost"], prompt_tokens=t["prompt_tokens"], tokens=tokens, pieces=pieces, attempt=attempt,
-                 acts=acts, region=region, trace_id=trace_id)
+                 acts=acts, region=region, trace_id=trace_id, regions_note=t.get("regions_note"))
 
 
 class _Resources:

@@ -40,6 +40,7 @@ class Trace:
     acts: np.ndarray
     region: list[str | None] = field(default_factory=list)
     trace_id: str | None = None  # set once stored (trace_store)
+    regions_note: str | None = None  # "regions not located" when a multi-attempt response's cuts were not found
 
     def records(self) -> list[dict]:
         """One dict per response token."""
@@ -51,7 +52,7 @@ class Trace:
     def to_dict(self) -> dict:
         return {"trace_id": self.trace_id, "trial_id": self.trial_id, "latents": self.latents, "layer": self.layer,
                 "steered": self.steered, "boost": self.boost, "prompt_tokens": self.prompt_tokens,
-                "tokens": self.records()}
+                "regions_note": self.regions_note, "tokens": self.records()}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False)

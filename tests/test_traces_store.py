@@ -314,6 +314,12 @@ def test_regions_not_located_are_recorded_and_never_a_paper_episode(run_db, smol
         tr = get_trace(store, trial, [A], steered=False, model=smollm2).trace
     assert _outcome(db, trial) == (2, 1, 1)  # improved by the metrics' rule, but its regions are unknown
     assert tr.region == [None] * len(tr.tokens)
+    assert tr.regions_note == "regions not located"
+    shown = CliRunner().invoke(main, ["trace", trial, "--latents", str(A), "--unsteered", "--db", str(db)])
+    assert shown.exit_code == 0 and "# regions not located: " in shown.output, shown.output
+    doc = json.loads(CliRunner().invoke(main, ["trace", trial, "--latents", str(A), "--unsteered", "--json",
+                                               "--db", str(db)]).stdout)
+    assert doc["regions_note"] == "regions not located" and {t["region"] for t in doc["tokens"]} == {None}
     assert _q(db, "SELECT regions_note, correction_start, on_topic_start FROM traces WHERE id = ?",
               (tr.trace_id,)) == [("regions not located", None, None)]
     assert _q(db, "SELECT regions_note, paper_episode, off_topic_tokens + correction_tokens + on_topic_tokens "
