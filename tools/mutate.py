@@ -127,6 +127,10 @@ def _place_sources(folder: Path, worktree: bool) -> str:
         return "working tree"
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
                             capture_output=True, text=True).stdout.strip()
+    if (folder / "esr_local").exists():
+        # --keep reuses what was extracted before: the tally is of THAT code, so keep its recorded source
+        marker = folder / "SOURCE"
+        return marker.read_text("utf-8").strip() if marker.is_file() else "unknown (reused work folder)"
     if not (folder / "esr_local").exists():
         archive = subprocess.run(["git", "archive", "HEAD", "esr_local", "tests", "cli"], cwd=ROOT, check=True,
                                  capture_output=True).stdout
