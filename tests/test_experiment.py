@@ -21,6 +21,7 @@ from esr_local.errors import UserInputError
 from esr_local.runs.conditions import Condition, check_conditions, sweep_levels
 from esr_local.runs.plan import base_trials, choose_prompt_indices, plan_trials, trial_seed
 from esr_local.runs.plan import groups as _groups
+from db_rows import query_rows
 
 
 def _plan(conditions, prompts_per_latent, replicates, run_seed, latents, labels, boosts, prompts, levels, meta):
@@ -115,13 +116,7 @@ def _run(args, db):
     return r
 
 
-def _rows(db, sql, params=()):
-    con = sqlite3.connect(db)
-    con.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in con.execute(sql, params)]
-    finally:
-        con.close()
+_rows = query_rows
 
 
 @pytest.fixture(scope="module")

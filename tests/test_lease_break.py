@@ -18,17 +18,12 @@ from esr_local.cli import main
 from esr_local.errors import MissingResourceError
 from esr_local.leases import LeaseLiveError, _process_start, break_lease
 from esr_local.store import Store
+from db_rows import query_rows
 
 TINY = ["--max-tokens", "8", "--n-ctx", "512", "--boost", "2", "--seed", "5", "--threads", "1"]
 
 
-def _rows(db, sql, params=()):
-    con = sqlite3.connect(db)
-    con.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in con.execute(sql, params)]
-    finally:
-        con.close()
+_rows = query_rows
 
 
 def _hold(db, run_id: str, pid: int, host: str, process_start: str | None) -> None:

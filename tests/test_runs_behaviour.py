@@ -23,6 +23,7 @@ from esr_local.runs import RunOptions, create_run, execute_run
 from esr_local.runs.boosts import calibration_flags
 from esr_local.steering import resolve_sae_source
 from esr_local.store import Store
+from db_rows import query_rows
 
 TINY = ["--max-tokens", "12", "--n-ctx", "512", "--boost", "2", "--seed", "5"]
 
@@ -31,13 +32,7 @@ def _cli(args, db):
     return CliRunner().invoke(main, [*args[:1], "--db", str(db), *args[1:]])
 
 
-def _rows(db, sql, params=()):
-    con = sqlite3.connect(db)
-    con.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in con.execute(sql, params)]
-    finally:
-        con.close()
+_rows = query_rows
 
 
 def test_a_judge_failing_some_trials_ends_partial_and_a_resume_rejudges_without_regenerating(tmp_path):
