@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -16,6 +18,27 @@ def _isolated_home(tmp_path, monkeypatch):
     monkeypatch.delenv("ESR_LOCAL_DB", raising=False)
     monkeypatch.delenv("ESR_LOCAL_CATALOG", raising=False)
     monkeypatch.delenv("ESR_LOCAL_RAISE_ERRORS", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _sql_mutant(monkeypatch):
+    """tools/mutate_sql.py: with ESR_LOCAL_SQL_MUTANT naming a JSON file {view, sql}, every Store opened in
+    this process replaces that view by the mutated SQL after its normal open (views are resolved when
+    queried, so the views built on it use the mutant too). Unset: nothing changes."""
+    path = os.environ.get("ESR_LOCAL_SQL_MUTANT")
+    if not path:
+        return
+    from esr_local.store import Store
+
+    mutant = json.loads(Path(path).read_text())
+    original = Store.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.db.conn.execute('DROP VIEW IF EXISTS "%s"' % mutant["view"])
+        self.db.conn.execute(mutant["sql"])
+
+    monkeypatch.setattr(Store, "__init__", init)
 
 
 @pytest.fixture(scope="session")
