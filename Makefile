@@ -14,7 +14,7 @@ else
 CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
 endif
 
-.PHONY: venv test bench clean mutate
+.PHONY: venv test bench clean mutate mutate-sql
 
 venv: $(STAMP) $(NATIVE_STAMP)
 
@@ -51,6 +51,10 @@ MUTATE_CHILDREN ?= 1
 mutate: $(STAMP)
 	$(VENV)/bin/python -c "import mutmut" 2>/dev/null || $(VENV)/bin/python -m pip install --quiet -e ".[test,mutate]"
 	ESR_LOCAL_THREADS=1 $(VENV)/bin/python tools/mutate.py --max-children $(MUTATE_CHILDREN) $(MODULES)
+
+# The store's view SQL (mutmut cannot reach it): one pytest process per SQL mutant; results in mutants/sql/.
+mutate-sql: $(STAMP)
+	ESR_LOCAL_THREADS=1 $(VENV)/bin/python tools/mutate_sql.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
