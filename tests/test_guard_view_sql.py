@@ -53,10 +53,10 @@ R1_J2 = [("steered", 1, 0, [50]), ("steered", 1, 1, [10, 90])]
 # R2, run judge J1: `baseline` has exactly two counted trials, both multi-attempt; every latent of
 # `steered` is flagged.
 R2_TRIALS = [
-    ("baseline", 4, 0, [30, 60], None, False),
-    ("baseline", 4, 1, [50, 40], None, False),
-    ("steered", 5, 0, [30, 40], None, False),
-    ("steered", 5, 1, [20], None, False),
+    ("baseline", 2, 0, [30, 60], None, False),
+    ("baseline", 2, 1, [50, 40], None, False),
+    ("steered", 1, 0, [30, 40], None, False),
+    ("steered", 1, 1, [20], None, False),
 ]
 
 
@@ -77,8 +77,9 @@ def store(tmp_path):
     s.upsert_latent(r1, 1, label="ok", row_norm=1.0, boost=5.0, boost_source="given")
     s.upsert_latent(r1, 2, label="flagged", row_norm=1.0, boost=10.0, boost_source="calibrated", flags=FLAG)
     s.upsert_latent(r1, 3, label="broken", row_norm=1.0, boost=None, boost_source="none", error="no boost")
-    s.upsert_latent(r2, 4, label="ok", row_norm=1.0, boost=5.0, boost_source="given")
-    s.upsert_latent(r2, 5, label="flagged", row_norm=1.0, boost=10.0, boost_source="calibrated", flags=FLAG)
+    # r2 reuses r1's latent numbers with the flags the other way round: a latent is the run's own
+    s.upsert_latent(r2, 2, label="ok", row_norm=1.0, boost=5.0, boost_source="given")
+    s.upsert_latent(r2, 1, label="flagged", row_norm=1.0, boost=10.0, boost_source="calibrated", flags=FLAG)
     ids = {}
     for row in R1_TRIALS:
         ids[("r1",) + row[:3]] = _record(s, r1, *row)
@@ -129,10 +130,10 @@ OUTCOMES = [
     ("r1", "baseline", 1, 1, J1, 1, 0, 0, 1, 1, 80.0, 80.0, 0, 0),
     ("r1", "baseline", 1, 2, J1, 1, 0, 0, 1, 2, 70.0, 75.0, 1, 1),
     ("r1", "pending", 1, 0, J1, 1, 0, 0, 0, 0, None, None, 0, 0),
-    ("r2", "baseline", 4, 0, J1, 1, 0, 0, 1, 2, 30.0, 60.0, 1, 1),
-    ("r2", "baseline", 4, 1, J1, 1, 0, 0, 1, 2, 50.0, 40.0, 1, 0),
-    ("r2", "steered", 5, 0, J1, 1, 1, 0, 1, 2, 30.0, 40.0, 1, 1),
-    ("r2", "steered", 5, 1, J1, 1, 1, 0, 1, 1, 20.0, 20.0, 0, 0),
+    ("r2", "baseline", 2, 0, J1, 1, 0, 0, 1, 2, 30.0, 60.0, 1, 1),
+    ("r2", "baseline", 2, 1, J1, 1, 0, 0, 1, 2, 50.0, 40.0, 1, 0),
+    ("r2", "steered", 1, 0, J1, 1, 1, 0, 1, 2, 30.0, 40.0, 1, 1),
+    ("r2", "steered", 1, 1, J1, 1, 1, 0, 1, 1, 20.0, 20.0, 0, 0),
     ("r3", "pending", 1, 0, None, 1, 0, 0, 0, 0, None, None, 0, 0),
     ("r3", "steered", 1, 0, J9, 1, 0, 0, 1, 2, 30.0, 70.0, 1, 1),
 ]
@@ -197,7 +198,9 @@ def _view(store, name, keys=("run_id", "condition")):
     out = {}
     for r in rows:
         out[tuple(run.get(r[k], r[k]) for k in keys)] = r
-    return out, [tuple(run.get(r[k], r[k]) for k in keys) for r in rows]
+    order = [tuple(run.get(r[k], r[k]) for k in keys) for r in rows]
+    assert len(order) == len(out), f"{name}: a group listed twice: {order}"
+    return out, order
 
 
 def test_run_metrics_every_column_by_hand(store):
@@ -292,9 +295,11 @@ TRACES = [
     ("t-other-judge", ("r1", "steered", 1, 1), J2, None, 2, 10.0, 90.0, 1),   # J2's judgment improved
     ("t-errored", ("r1", "steered", 1, 6), J1, None, 2, 10.0, 90.0, 0),       # trial error: not improved
 ]
-# (position, region, activation) for latent 7; latent 8 gets 10x the activation and one token less
-VALUES = [(0, "off_topic", 1.0), (1, "off_topic", 3.0), (2, "correction", 2.5), (3, "on_topic", 0.5),
-          (4, "on_topic", 4.0), (5, "on_topic", 1.5), (6, None, 9.0), (7, "single", -1.0)]
+# (position, region, activation) for latent 7 (two or more tokens per region, so MIN and MAX differ);
+# latent 8 gets 10x the activation and not the last two tokens (no "single" token)
+VALUES = [(0, "off_topic", 1.0), (1, "off_topic", 3.0), (2, "correction", 2.5), (3, "correction", 0.5),
+          (4, "on_topic", 0.5), (5, "on_topic", 4.0), (6, "on_topic", 1.5), (7, None, 9.0), (8, "single", -1.0),
+          (9, "single", -3.0)]
 
 
 def _add_traces(store):
@@ -310,13 +315,15 @@ def _add_traces(store):
             rows = [{"trace_id": tid, "position": p, "token": p, "piece": "x", "attempt": 0, "region": reg,
                      "latent": 7, "activation": a} for p, reg, a in VALUES]
             rows += [{"trace_id": tid, "position": p, "token": p, "piece": "x", "attempt": 0, "region": reg,
-                      "latent": 8, "activation": 10 * a} for p, reg, a in VALUES[:-1]]
+                      "latent": 8, "activation": 10 * a} for p, reg, a in VALUES[:-2]]
             store.db["trace_values"].insert_all(rows)
 
 
 def test_trace_region_stats_by_hand(store):
     _add_traces(store)
-    rows = {(r["trace_id"], r["latent"]): r for r in _rows(store, "SELECT * FROM trace_region_stats")}
+    listed = _rows(store, "SELECT * FROM trace_region_stats")
+    rows = {(r["trace_id"], r["latent"]): r for r in listed}
+    assert len(listed) == len(rows) == 2 * len(TRACES)
     assert set(rows) == {(t[0], lat) for t in TRACES for lat in (7, 8)}
     for tid, _, _, note, n_att, first, last, episode in TRACES:
         for latent in (7, 8):
@@ -324,13 +331,14 @@ def test_trace_region_stats_by_hand(store):
             assert r["paper_episode"] == episode, tid
             assert (r["n_attempts"], r["first_score"], r["last_score"], r["regions_note"]) == (n_att, first, last, note)
     a, b = rows[("t-improved", 7)], rows[("t-improved", 8)]
-    # latent 7: 8 tokens (one without a region); by region count, mean, max
-    assert a["n_tokens"] == 8 and b["n_tokens"] == 7
+    # latent 7: 10 tokens (one without a region); by region count, mean, max
+    assert a["n_tokens"] == 10 and b["n_tokens"] == 8
     assert (a["off_topic_tokens"], a["off_topic_mean"], a["off_topic_max"]) == (2, 2.0, 3.0)
-    assert (a["correction_tokens"], a["correction_mean"], a["correction_max"]) == (1, 2.5, 2.5)
+    assert (a["correction_tokens"], a["correction_mean"], a["correction_max"]) == (2, 1.5, 2.5)
     assert (a["on_topic_tokens"], a["on_topic_mean"], a["on_topic_max"]) == (3, 2.0, 4.0)
-    assert (a["single_tokens"], a["single_mean"], a["single_max"]) == (1, -1.0, -1.0)
+    assert (a["single_tokens"], a["single_mean"], a["single_max"]) == (2, -2.0, -1.0)
     assert (b["off_topic_tokens"], b["off_topic_mean"], b["off_topic_max"]) == (2, 20.0, 30.0)
+    assert (b["correction_tokens"], b["correction_mean"], b["correction_max"]) == (2, 15.0, 25.0)
     assert (b["on_topic_tokens"], b["on_topic_mean"], b["on_topic_max"]) == (3, 20.0, 40.0)
     assert (b["single_tokens"], b["single_mean"], b["single_max"]) == (0, None, None)
     assert (a["layer"], a["steered"], a["boost"], a["run_id"]) == (3, 1, 5.0, store.runs["r1"])

@@ -317,9 +317,18 @@ def report(show: bool) -> None:
         pct = 100 * (len(rs) - c["survived"]) / len(rs) if rs else float("nan")
         print(f"{v:32} {c['killed']:6} {c['survived']:5} {c['timeout']:5} {c['crashed']:5} {inv:7} {pct:8.1f}")
     if show:
+        import difflib
+
+        originals = view_sql()
         for r in data["results"]:
-            if r["verdict"] == "survived":
-                print(f"SURVIVED {r['id']}: {r['description']}")
+            if r["verdict"] != "survived":
+                continue
+            print(f"SURVIVED {r['id']}: {r['description']}")
+            mutated = json.loads((OUT / f"{r['id']}.json").read_text())["sql"]
+            for line in difflib.unified_diff(originals[r["view"]].splitlines(), mutated.splitlines(), n=0,
+                                             lineterm=""):
+                if line[:1] in "+-" and line[:3] not in ("+++", "---"):
+                    print("   ", line.strip() if len(line) < 160 else line[:160])
 
 
 def main() -> None:
@@ -356,14 +365,14 @@ def main() -> None:
                           cwd=ROOT, env=dict(os.environ, ESR_LOCAL_THREADS="1"), capture_output=True, text=True)
     if base.returncode != 0:
         sys.exit("the selection fails without a mutant:\n" + (base.stdout + base.stderr)[-3000:])
-    results = []
+    results, commit = [], _commit()
     name = "confirm.json" if a.confirm else ("partial.json" if (a.view or a.only) else "results.json")
     for k, m in enumerate(valid, 1):
         r = run_one(m, selection, a.timeout)
         results.append(r)
         print(f"[{k}/{len(valid)}] {r['verdict']:8} {r['seconds']:6.1f}s {m.id} {m.description}", flush=True)
         (OUT / name).write_text(json.dumps({
-            "commit": _commit(), "dirty": dirty, "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "commit": commit, "dirty": dirty, "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "selection": selection, "results": results,
             "invalid": [{"id": i.id, "view": i.view, "description": i.description} for i in invalid]}, indent=1))
     if name == "results.json":
