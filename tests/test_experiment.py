@@ -165,10 +165,12 @@ def test_metrics_command_reads_the_run(e2e):
         assert key in m
 
 
-def test_replay_with_meta_prompt_reuses_latents_prompts_and_seeds(e2e):
+def test_replay_with_meta_prompt_reuses_latents_prompts_and_seeds(e2e, http_judge):
+    # What is replayed (latents, prompts, seeds, boosts) does not depend on the judge: a real HTTP judge on
+    # 127.0.0.1 grades the replay (the local judge, ~25 s a judgment, runs end to end in the e2e fixture).
     db, out = e2e
     src = out["summary"]["run_id"]
-    _run(["--replay", src, "--meta-prompt", "self_monitor", "--judge", "local", "--skip-judge-check"], db)
+    _run(["--replay", src, "--meta-prompt", "self_monitor", *http_judge.judge_args()], db)
     runs = _rows(db, "SELECT id, source_run_id FROM runs WHERE source_run_id = ?", (src,))
     assert len(runs) == 1
     new = runs[0]["id"]
