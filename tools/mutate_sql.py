@@ -214,7 +214,8 @@ def mutations(sql: str) -> list[tuple[str, list[tuple[int, int, str]]]]:
                     a = sql[toks[then_j + 1].start:toks[(else_j or end) - 1].end]
                     b = sql[toks[else_j + 1].start:toks[end - 1].end] if else_j else "NULL"
                     tail = f"THEN {b} ELSE {a} "
-                    out.append((f"CASE branch values swapped at {t.start}", [(toks[then_j].start, toks[end].start, tail)]))
+                    out.append((f"CASE branch values swapped at {t.start}",
+                                [(toks[then_j].start, toks[end].start, tail)]))
             elif u == "COALESCE" and nxt == "(":
                 j = _close(toks, i + 1)
                 args = _split_top(toks, i + 2, j, ",")
