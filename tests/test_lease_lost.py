@@ -60,3 +60,38 @@ def test_a_run_whose_lease_was_taken_over_stops_writing(tmp_path):
     assert _scalar(db, "SELECT COUNT(*) FROM trials") == stored  # nothing written after the takeover
     assert _scalar(db, f"SELECT status FROM runs WHERE id = '{run_id}'") == "started"  # not ours to finish
     assert _scalar(db, "SELECT host FROM run_leases") == "another-host"  # the new holder's lease is kept
+
+
+def test_a_run_taken_over_while_calibrating_writes_no_latent_row(tmp_path):
+    db = tmp_path / "cal.db"
+    env = {**os.environ, "ESR_LOCAL_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    args = ["--latent", "1", "--latent", "4", "--n-prompts", "2", "--max-tokens", "8", "--n-ctx", "512",
+            "--seed", "3", "--remeasure-samples", "1"]  # no --boost: each latent is calibrated first
+    with JudgeServer(delay_s=0.3) as js:
+        proc = subprocess.Popen([sys.executable, "-m", "esr_local", "run", "--db", str(db), *args, *js.judge_args()],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 240
+            while js.requests < 1:  # calibration has started asking the judge
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "calibration never asked the judge"
+                time.sleep(0.05)
+            con = sqlite3.connect(db, isolation_level=None, timeout=30)
+            con.execute("BEGIN IMMEDIATE")
+            run_id = con.execute("SELECT run_id FROM run_leases").fetchone()[0]
+            con.execute("UPDATE run_leases SET pid = 4242, host = 'another-host', process_start = NULL "
+                        "WHERE run_id = ?", (run_id,))
+            latents = con.execute("SELECT COUNT(*) FROM latents").fetchone()[0]
+            con.execute("COMMIT")
+            con.close()
+            out, err = proc.communicate(timeout=240)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert latents == 0, "the takeover came after the first latent was stored"
+    assert proc.returncode == 1, (out, err)
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("Error:")]
+    assert len(lines) == 1 and "was taken over" in lines[0], err
+    assert _scalar(db, "SELECT COUNT(*) FROM latents") == 0  # the calibrated boost was not written
+    assert _scalar(db, "SELECT COUNT(*) FROM trials") == 0
+    assert _scalar(db, "SELECT host FROM run_leases") == "another-host"

@@ -42,9 +42,16 @@ def calibration_flags(boost: float, achieved: float | None, lower: float, upper:
 
 
 def resolve_boosts(store, run_id: str, spec: RunSpec, lm, judge, rows: dict[int, np.ndarray],
-                   echo: Callable[[str], None]) -> BoostResult:
+                   echo: Callable[[str], None], check_lease: Callable[[], None] | None = None) -> BoostResult:
     """Boosts of the run's latents, recording each on its latent row. A latent whose calibration failed
-    is tried again on a resume (failures are often a judge outage)."""
+    is tried again on a resume (failures are often a judge outage). `check_lease` runs inside each
+    latent row's write transaction and raises when this process no longer holds the run."""
+    def record(latent: int, **fields) -> None:
+        with store.transaction():
+            if check_lease is not None:
+                check_lease()
+            store.upsert_latent(run_id, latent, **fields)
+
     have = {r["latent"]: r for r in store.latents(run_id)}
     replayed = {int(k): float(v) for k, v in ((spec.replay or {}).get("boosts") or {}).items()}
     baseline_only = all(c == "baseline" for c in spec.conditions) and not spec.sweep_levels
@@ -77,8 +84,7 @@ def resolve_boosts(store, run_id: str, spec: RunSpec, lm, judge, rows: dict[int,
                                        seed=spec.seed + latent, store=store, cache_key=key,
                                        on_start=lambda: echo(f"calibrating latent {latent} ({label}) ..."))
             except EsrError as exc:
-                store.upsert_latent(run_id, latent, label=label, row_norm=norm, boost=None,
-                                    boost_source="calibrated", error=str(exc))
+                record(latent, label=label, row_norm=norm, boost=None, boost_source="calibrated", error=str(exc))
                 echo(f"latent {latent}: calibration failed: {exc}")
                 out.failed += 1
                 continue
@@ -86,8 +92,8 @@ def resolve_boosts(store, run_id: str, spec: RunSpec, lm, judge, rows: dict[int,
             flags = calibration_flags(boost, achieved, cal.lower, cal.upper, cal.target)
             echo(f"latent {latent}: boost {boost:g}{' (cached)' if res.cached else ''} "
                  f"(achieved first-attempt score {achieved:.2f}){'; FLAGGED: ' + flags if flags else ''}")
-        store.upsert_latent(run_id, latent, label=label, row_norm=norm, boost=boost, boost_source=how,
-                            calibration_id=cal_id, error=None, achieved_score=achieved, flags=flags)
+        record(latent, label=label, row_norm=norm, boost=boost, boost_source=how, calibration_id=cal_id, error=None,
+               achieved_score=achieved, flags=flags)
         out.boosts[latent] = float(boost)
         out.flagged += bool(flags)
     return out

@@ -186,7 +186,7 @@ class _Execution:
 
     def _run(self, lm: SteeredModel, rows: dict[int, np.ndarray]) -> dict:
         spec, store, run_id = self.spec, self.store, self.run_id
-        res = resolve_boosts(store, run_id, spec, lm, self.judge, rows, self.echo)
+        res = resolve_boosts(store, run_id, spec, lm, self.judge, rows, self.echo, check_lease=self._check_lease)
         summary = {"run_id": run_id, "layer": spec.steering_layer, "latents": len(spec.latents),
                    "failed_calibrations": res.failed, "flagged_latents": res.flagged,
                    "failed_generations": 0, "failed_judgments": 0, "planned": 0, "ran": 0, "rejudged": 0}
