@@ -26,35 +26,48 @@ def _scalar(db, sql):
         con.close()
 
 
-def test_a_run_whose_lease_was_taken_over_stops_writing(tmp_path):
-    db = tmp_path / "esr.db"
+def _run_and_take_over(db, args, delay_s: float, started, what: str, count_table: str):
+    """Start `esr-local run` against a judge answering after `delay_s`; once `started(js)` holds, another host
+    takes the run's lease over and `count_table`'s rows are counted, in one write transaction. Returns
+    (run_id, rows counted at the takeover, returncode, stderr) once the process has ended."""
     env = {**os.environ, "ESR_LOCAL_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    with JudgeServer(delay_s=0.4) as js:  # slow judgments: the run is still going when the lease is taken
-        proc = subprocess.Popen([sys.executable, "-m", "esr_local", "run", "--db", str(db), *ARGS, *js.judge_args()],
+    with JudgeServer(delay_s=delay_s) as js:  # slow judgments: the run is still going when the lease is taken
+        proc = subprocess.Popen([sys.executable, "-m", "esr_local", "run", "--db", str(db), *args, *js.judge_args()],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             deadline = time.monotonic() + 240
-            while (_scalar(db, "SELECT COUNT(*) FROM trials") or 0) < 1:
+            while not started(js):
                 assert proc.poll() is None, proc.communicate()
-                assert time.monotonic() < deadline, "the run stored no trial in time"
+                assert time.monotonic() < deadline, f"{what} in time"
                 time.sleep(0.05)
-            # Another host takes the run over, and we count what was stored, in one write transaction.
             con = sqlite3.connect(db, isolation_level=None, timeout=30)
             con.execute("BEGIN IMMEDIATE")
             run_id = con.execute("SELECT run_id FROM run_leases").fetchone()[0]
             con.execute("UPDATE run_leases SET pid = 4242, host = 'another-host', process_start = NULL "
                         "WHERE run_id = ?", (run_id,))
-            stored = con.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+            counted = con.execute(f"SELECT COUNT(*) FROM {count_table}").fetchone()[0]
             con.execute("COMMIT")
             con.close()
-            out, err = proc.communicate(timeout=240)
+            _, err = proc.communicate(timeout=240)
         finally:
             if proc.poll() is None:
                 proc.kill()
+    return run_id, counted, proc.returncode, err
+
+
+def _error_lines(err: str) -> list[str]:
+    return [ln for ln in err.strip().splitlines() if ln.startswith("Error:")]
+
+
+def test_a_run_whose_lease_was_taken_over_stops_writing(tmp_path):
+    db = tmp_path / "esr.db"
+    run_id, stored, rc, err = _run_and_take_over(
+        db, ARGS, 0.4, lambda js: (_scalar(db, "SELECT COUNT(*) FROM trials") or 0) >= 1,
+        "the run stored no trial", "trials")
     planned = 16
     assert 1 <= stored < planned, "the takeover came too late to test anything"
-    assert proc.returncode == 1, (out, err)
-    lines = [ln for ln in err.strip().splitlines() if ln.startswith("Error:")]
+    assert rc == 1, err
+    lines = _error_lines(err)
     assert len(lines) == 1 and "was taken over" in lines[0] and "process 4242 on another-host" in lines[0], err
     assert "Traceback" not in err
     assert _scalar(db, "SELECT COUNT(*) FROM trials") == stored  # nothing written after the takeover
@@ -64,33 +77,14 @@ def test_a_run_whose_lease_was_taken_over_stops_writing(tmp_path):
 
 def test_a_run_taken_over_while_calibrating_writes_no_latent_row(tmp_path):
     db = tmp_path / "cal.db"
-    env = {**os.environ, "ESR_LOCAL_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     args = ["--latent", "1", "--latent", "4", "--n-prompts", "2", "--max-tokens", "8", "--n-ctx", "512",
             "--seed", "3", "--remeasure-samples", "1"]  # no --boost: each latent is calibrated first
-    with JudgeServer(delay_s=0.3) as js:
-        proc = subprocess.Popen([sys.executable, "-m", "esr_local", "run", "--db", str(db), *args, *js.judge_args()],
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + 240
-            while js.requests < 1:  # calibration has started asking the judge
-                assert proc.poll() is None, proc.communicate()
-                assert time.monotonic() < deadline, "calibration never asked the judge"
-                time.sleep(0.05)
-            con = sqlite3.connect(db, isolation_level=None, timeout=30)
-            con.execute("BEGIN IMMEDIATE")
-            run_id = con.execute("SELECT run_id FROM run_leases").fetchone()[0]
-            con.execute("UPDATE run_leases SET pid = 4242, host = 'another-host', process_start = NULL "
-                        "WHERE run_id = ?", (run_id,))
-            latents = con.execute("SELECT COUNT(*) FROM latents").fetchone()[0]
-            con.execute("COMMIT")
-            con.close()
-            out, err = proc.communicate(timeout=240)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    _, latents, rc, err = _run_and_take_over(
+        db, args, 0.3, lambda js: js.requests >= 1,  # calibration has started asking the judge
+        "calibration never asked the judge", "latents")
     assert latents == 0, "the takeover came after the first latent was stored"
-    assert proc.returncode == 1, (out, err)
-    lines = [ln for ln in err.strip().splitlines() if ln.startswith("Error:")]
+    assert rc == 1, err
+    lines = _error_lines(err)
     assert len(lines) == 1 and "was taken over" in lines[0], err
     assert _scalar(db, "SELECT COUNT(*) FROM latents") == 0  # the calibrated boost was not written
     assert _scalar(db, "SELECT COUNT(*) FROM trials") == 0

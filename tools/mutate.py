@@ -125,19 +125,18 @@ def _place_sources(folder: Path, worktree: bool) -> str:
             if not (folder / link).exists():
                 (folder / link).symlink_to(ROOT / link, target_is_directory=True)
         return "working tree"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
-                            capture_output=True, text=True).stdout.strip()
     if (folder / "esr_local").exists():
         # --keep reuses what was extracted before: the tally is of THAT code, so keep its recorded source
         marker = folder / "SOURCE"
         return marker.read_text("utf-8").strip() if marker.is_file() else "unknown (reused work folder)"
-    if not (folder / "esr_local").exists():
-        archive = subprocess.run(["git", "archive", "HEAD", "esr_local", "tests", "cli"], cwd=ROOT, check=True,
-                                 capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
-        # The Click layer installs as esr_local.cli (from the working tree's cli/); inside the work folder it
-        # must be HEAD's too, or a test importing it would mix HEAD's library with the working tree's CLI.
-        (folder / "cli").rename(folder / "esr_local" / "cli")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout.strip()
+    archive = subprocess.run(["git", "archive", "HEAD", "esr_local", "tests", "cli"], cwd=ROOT, check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    # The Click layer installs as esr_local.cli (from the working tree's cli/); inside the work folder it
+    # must be HEAD's too, or a test importing it would mix HEAD's library with the working tree's CLI.
+    (folder / "cli").rename(folder / "esr_local" / "cli")
     return f"commit {commit}"
 
 
