@@ -89,15 +89,20 @@ def tokenize(sql: str) -> list[Tok]:
     return out
 
 
-def _close(toks: list[Tok], i: int) -> int:
-    """Index of the `)` matching the `(` at toks[i]."""
+def _matching(toks: list[Tok], i: int, opener: str, closer: str) -> int:
+    """Index of the `closer` matching the `opener` at toks[i] (nested pairs skipped)."""
     depth = 0
     for j in range(i, len(toks)):
-        depth += toks[j].text == "("
-        depth -= toks[j].text == ")"
+        depth += toks[j].up == opener
+        depth -= toks[j].up == closer
         if depth == 0:
             return j
-    raise ValueError("unbalanced parentheses")
+    raise ValueError(f"{opener} without a matching {closer}")
+
+
+def _close(toks: list[Tok], i: int) -> int:
+    """Index of the `)` matching the `(` at toks[i]."""
+    return _matching(toks, i, "(", ")")
 
 
 def _split_top(toks: list[Tok], lo: int, hi: int, sep: str) -> list[tuple[int, int]]:
@@ -136,13 +141,8 @@ def _clause_end(toks: list[Tok], i: int) -> int:
 
 
 def _case_end(toks: list[Tok], i: int) -> int:
-    depth = 0
-    for j in range(i, len(toks)):
-        depth += toks[j].up == "CASE"
-        depth -= toks[j].up == "END"
-        if depth == 0:
-            return j
-    raise ValueError("CASE without END")
+    """Index of the END closing the CASE at toks[i]."""
+    return _matching(toks, i, "CASE", "END")
 
 
 def _bump(text: str) -> str:
